@@ -1,0 +1,36 @@
+//! # Sluice host
+//!
+//! Sluice runs event handlers as sandboxed WebAssembly components. This crate
+//! is the host: it owns the component runtime and (in later layers) broker
+//! consumption, idempotency, ordering, retries and the dead-letter queue.
+//!
+//! * [`runtime`]: the wasmtime component runtime. It loads and validates
+//!   components against the `sluice:handler` WIT world, caches compiled code
+//!   by digest, and runs one event per fresh instance under per-handler
+//!   limits, returning a classified [`runtime::Outcome`] with the emitted
+//!   events and state changes.
+//! * [`event`]: the event model (CloudEvents attributes, ordering key,
+//!   topic) and the rules for emitted events: deterministic ids, causation,
+//!   correlation and trace propagation.
+//! * [`harness`]: the local test harness behind `sluice test`, usable from
+//!   `#[test]` functions in any crate.
+//!
+//! ```no_run
+//! use sluice::harness::{Harness, TestEvent};
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! let harness = Harness::new()?;
+//! let report = harness
+//!     .run_file(
+//!         "target/wasm32-wasip2/release/inventory.wasm".as_ref(),
+//!         &TestEvent::json("order.placed", serde_json::json!({"sku": "A", "qty": 1})).key("A"),
+//!         &Default::default(),
+//!     )
+//!     .await?;
+//! assert_eq!(report.outcome.kind(), "ok");
+//! # Ok(()) }
+//! ```
+
+pub mod event;
+pub mod harness;
+pub mod runtime;
