@@ -86,6 +86,9 @@ pub enum Error {
     /// The report does not match the expectation.
     #[error("the result does not match the expectation:\n{}", .0.join("\n"))]
     Mismatch(Vec<String>),
+    /// Building a guest component failed.
+    #[error("building guest components failed: {0}")]
+    Build(String),
     /// No async runtime could be created for a blocking call.
     #[error("cannot start an async runtime: {0}")]
     Executor(std::io::Error),
@@ -532,6 +535,81 @@ impl Harness {
             .map_err(Error::Executor)?
             .block_on(self.run_file(path, event, options))
     }
+}
+
+/// The Rust target that produces handler components.
+pub const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// Installs the `wasm32-wasip2` Rust target with rustup when it is missing.
+pub fn ensure_wasm_target() -> Result<()> {
+    let installed = std::process::Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| Error::Build(format!("cannot run rustup: {e}")))?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == WASM_TARGET)
+    {
+        return Ok(());
+    }
+    let status = std::process::Command::new("rustup")
+        .args(["target", "add", WASM_TARGET])
+        .status()
+        .map_err(|e| Error::Build(format!("cannot run rustup: {e}")))?;
+    if !status.success() {
+        return Err(Error::Build(format!(
+            "`rustup target add {WASM_TARGET}` failed ({status})"
+        )));
+    }
+    Ok(())
+}
+
+/// Builds the cdylib `packages` of the Cargo workspace at `workspace` as
+/// release components (installing the target first if needed) into
+/// `target_dir`, and returns their paths in the same order.
+///
+/// A `#[test]` calls this to test the real component of a handler crate;
+/// cargo makes repeated calls cheap. Use a `target_dir` of its own, so that
+/// the nested build does not wait on the lock of the test's own build.
+pub fn build_components(
+    workspace: &Path,
+    packages: &[&str],
+    target_dir: &Path,
+) -> Result<Vec<std::path::PathBuf>> {
+    ensure_wasm_target()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--release", "--target", WASM_TARGET, "--target-dir"])
+        .arg(target_dir);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    let output = cmd
+        .output()
+        .map_err(|e| Error::Build(format!("cannot run cargo: {e}")))?;
+    if !output.status.success() {
+        return Err(Error::Build(format!(
+            "cargo build for {WASM_TARGET} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    let out_dir = target_dir.join(WASM_TARGET).join("release");
+    packages
+        .iter()
+        .map(|p| {
+            let path = out_dir.join(format!("{}.wasm", p.replace('-', "_")));
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(Error::Build(format!(
+                    "{} was not produced: is `{p}` a cdylib crate?",
+                    path.display()
+                )))
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -61,14 +61,15 @@ impl ComponentCache {
     #[allow(unsafe_code)]
     pub(crate) fn get_disk(&self, engine: &Engine, digest: &str) -> Option<Component> {
         let path = self.path(digest)?;
-        if !path.exists() {
-            return None;
-        }
-        // SAFETY: the file is native code that this process wrote into the
+        // Read into memory rather than `deserialize_file`, which maps the
+        // file: a file truncated under a mapping kills the process with
+        // SIGBUS, and the host must survive whatever happens to its cache.
+        let bytes = std::fs::read(&path).ok()?;
+        // SAFETY: the bytes are native code that this process wrote into the
         // configured cache directory, which the operator must keep trusted
         // (documented on `RuntimeConfig::cache_dir`); wasmtime checks that
-        // it was compiled by a compatible engine.
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        // they were compiled by a compatible engine and are well-formed.
+        match unsafe { Component::deserialize(engine, &bytes) } {
             Ok(component) => {
                 tracing::debug!(%digest, path = %path.display(), "compiled component loaded from cache");
                 Some(component)

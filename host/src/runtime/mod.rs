@@ -566,8 +566,37 @@ fn classify(error: &wasmtime::Error) -> Outcome {
         };
     }
     Outcome::Trap {
-        message: format!("{error:?}"),
+        message: trap_message(error),
     }
+}
+
+/// Frames of the guest backtrace kept in a trap message: enough to find the
+/// culprit, short enough for a log line (a stack overflow has thousands).
+const BACKTRACE_FRAMES: usize = 12;
+
+/// "cause: cause: ..." followed by the top of the guest backtrace.
+fn trap_message(error: &wasmtime::Error) -> String {
+    let mut message = error
+        .chain()
+        .map(|cause| cause.to_string())
+        // The backtrace is attached as a context whose text is the whole
+        // backtrace; it is rendered, shortened, below.
+        .filter(|text| !text.starts_with("error while executing at wasm backtrace"))
+        .collect::<Vec<_>>()
+        .join(": ");
+    if let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
+        let text = backtrace.to_string();
+        let frames: Vec<&str> = text.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+        message.push_str("\nguest backtrace:");
+        for line in frames.iter().take(BACKTRACE_FRAMES) {
+            message.push('\n');
+            message.push_str(line.trim_end());
+        }
+        if frames.len() > BACKTRACE_FRAMES {
+            message.push_str(&format!("\n    ... {} more frames", frames.len() - BACKTRACE_FRAMES));
+        }
+    }
+    message
 }
 
 #[cfg(test)]
