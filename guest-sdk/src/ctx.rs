@@ -101,13 +101,19 @@ impl<'a> Ctx<'a> {
         match self.get(name)? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                HandlerError::fatal(format!("state field {name:?} is not the expected JSON: {e}"))
+                HandlerError::fatal(format!(
+                    "state field {name:?} is not the expected JSON: {e}"
+                ))
             }),
         }
     }
 
     /// Writes a state field as JSON.
-    pub fn set_json<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<(), HandlerError> {
+    pub fn set_json<T: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        value: &T,
+    ) -> Result<(), HandlerError> {
         let bytes = serde_json::to_vec(value)?;
         Ok(self.set(name, &bytes)?)
     }

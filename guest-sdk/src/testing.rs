@@ -52,9 +52,17 @@ impl TestHost {
     /// # Panics
     /// If `value` does not serialize; meant for tests.
     #[allow(clippy::expect_used)]
-    pub fn with_state_json<T: serde::Serialize>(mut self, key: &str, name: &str, value: &T) -> Self {
+    pub fn with_state_json<T: serde::Serialize>(
+        mut self,
+        key: &str,
+        name: &str,
+        value: &T,
+    ) -> Self {
         let bytes = serde_json::to_vec(value).expect("state serializes to JSON");
-        self.state.entry(key.to_owned()).or_default().insert(name.to_owned(), bytes);
+        self.state
+            .entry(key.to_owned())
+            .or_default()
+            .insert(name.to_owned(), bytes);
         self
     }
 
@@ -146,7 +154,10 @@ impl Backend for Call {
             return Err(HandlerError::fatal("invalid emit: type is empty"));
         }
         let id = format!("{}/{}", self.event_id, self.emitted.len());
-        self.emitted.push(Emitted { id: id.clone(), event });
+        self.emitted.push(Emitted {
+            id: id.clone(),
+            event,
+        });
         Ok(id)
     }
 
@@ -190,11 +201,16 @@ mod tests {
     #[test]
     fn state_is_per_key_and_failures_roll_back() {
         let mut host = TestHost::new();
-        host.run(counter, &Event::new("ok", "").with_key("a")).unwrap();
-        host.run(counter, &Event::new("ok", "").with_key("a")).unwrap();
-        let err = host.run(counter, &Event::new("fail", "").with_key("a")).unwrap_err();
+        host.run(counter, &Event::new("ok", "").with_key("a"))
+            .unwrap();
+        host.run(counter, &Event::new("ok", "").with_key("a"))
+            .unwrap();
+        let err = host
+            .run(counter, &Event::new("fail", "").with_key("a"))
+            .unwrap_err();
         assert!(err.is_retryable());
-        host.run(counter, &Event::new("ok", "").with_key("b")).unwrap();
+        host.run(counter, &Event::new("ok", "").with_key("b"))
+            .unwrap();
         assert_eq!(host.state_json_of::<u64>("a", "n"), Some(2));
         assert_eq!(host.state_json_of::<u64>("b", "n"), Some(1));
         assert_eq!(host.emitted().len(), 3);

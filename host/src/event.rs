@@ -91,10 +91,7 @@ pub fn handler_source(handler: &str) -> String {
 pub fn inherited_headers(cause: &Event) -> BTreeMap<String, String> {
     let mut headers = BTreeMap::new();
     headers.insert(CAUSATION_ID.to_owned(), cause.id.clone());
-    headers.insert(
-        CORRELATION_ID.to_owned(),
-        cause.correlation_id().to_owned(),
-    );
+    headers.insert(CORRELATION_ID.to_owned(), cause.correlation_id().to_owned());
     for name in [TRACEPARENT, TRACESTATE] {
         if let Some(value) = cause.headers.get(name) {
             headers.insert(name.to_owned(), value.clone());

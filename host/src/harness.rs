@@ -59,7 +59,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::event::Event;
-use crate::runtime::{self, Invocation, Limits, LoadedComponent, LogLine, Outcome, Runtime, RuntimeConfig, StateMap};
+use crate::runtime::{
+    self, Invocation, Limits, LoadedComponent, LogLine, Outcome, Runtime, RuntimeConfig, StateMap,
+};
 
 /// Errors of the harness.
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +214,9 @@ impl TestEvent {
         };
         let (data, content_type) = match (&self.data, &self.data_base64) {
             (Some(_), Some(_)) => {
-                return Err(input_error("give either `data` or `data_base64`, not both".into()));
+                return Err(input_error(
+                    "give either `data` or `data_base64`, not both".into(),
+                ));
             }
             (Some(value), None) => (
                 serde_json::to_vec(value).map_err(|e| input_error(e.to_string()))?,
@@ -286,7 +290,8 @@ impl RunOptions {
 
     /// Seeds a state field with a JSON value.
     pub fn state_json(mut self, name: &str, value: Value) -> Self {
-        self.state.insert(name.into(), value.to_string().into_bytes());
+        self.state
+            .insert(name.into(), value.to_string().into_bytes());
         self
     }
 
@@ -508,7 +513,10 @@ impl Harness {
         let handler =
             self.runtime
                 .handler(&options.handler, component.clone(), options.limits.clone());
-        Ok(handler.invoke(&event, attempt, options.state.clone()).await.into())
+        Ok(handler
+            .invoke(&event, attempt, options.state.clone())
+            .await
+            .into())
     }
 
     /// Loads the component at `path` and runs `event` through it.
@@ -580,7 +588,13 @@ pub fn build_components(
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--release", "--target", WASM_TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "--target-dir",
+        ])
         .arg(target_dir);
     for p in packages {
         cmd.args(["-p", p]);
@@ -633,7 +647,11 @@ mod tests {
 
     #[test]
     fn bytes_round_trip() {
-        for bytes in [b"{\"x\":1}".to_vec(), vec![0, 159, 146, 150], b"\"s\"".to_vec()] {
+        for bytes in [
+            b"{\"x\":1}".to_vec(),
+            vec![0, 159, 146, 150],
+            b"\"s\"".to_vec(),
+        ] {
             let v = encode_bytes(&bytes);
             let back = decode_bytes(&v).unwrap();
             // JSON round-trips to an equivalent encoding, raw bytes exactly.

@@ -73,13 +73,13 @@ fn main() -> ExitCode {
 
 fn run_test(args: TestArgs) -> anyhow::Result<ExitCode> {
     let event = TestEvent::from_file(&args.event)?;
-    let mut options = RunOptions::default();
-    options.handler = args.name.clone().unwrap_or_else(|| {
+    let name = args.name.clone().unwrap_or_else(|| {
         args.component
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "handler".into())
     });
+    let mut options = RunOptions::default().handler(&name);
     if let Some(path) = &args.state {
         options = options.state_file(path)?;
     }
@@ -113,7 +113,10 @@ fn run_test(args: TestArgs) -> anyhow::Result<ExitCode> {
     if let Some(expected) = expected {
         let differences = harness::compare(&expected, &json);
         if !differences.is_empty() {
-            eprintln!("MISMATCH against {}:", args.expect.unwrap_or_default().display());
+            eprintln!(
+                "MISMATCH against {}:",
+                args.expect.unwrap_or_default().display()
+            );
             for line in differences {
                 eprintln!("  {line}");
             }

@@ -6,7 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// Every guest crate the tests use.
-pub const GUESTS: &[&str] = &["inventory", "notifier", "payments", "hostile", "other-world"];
+pub const GUESTS: &[&str] = &[
+    "inventory",
+    "notifier",
+    "payments",
+    "hostile",
+    "other-world",
+];
 
 /// The workspace root.
 pub fn workspace_root() -> &'static Path {

@@ -2,6 +2,9 @@
 //! outcome class, hostile guests, invalid components and emitted-id
 //! determinism.
 
+// Test helpers panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +21,12 @@ fn load(h: &Harness, name: &str) -> Arc<LoadedComponent> {
     h.load(&guest(name)).expect("component loads")
 }
 
-async fn run(h: &Harness, c: &Arc<LoadedComponent>, event: TestEvent, options: &RunOptions) -> Report {
+async fn run(
+    h: &Harness,
+    c: &Arc<LoadedComponent>,
+    event: TestEvent,
+    options: &RunOptions,
+) -> Report {
     h.run(c, &event, options).await.expect("harness run")
 }
 
@@ -95,7 +103,13 @@ async fn correlation_is_inherited_along_a_chain() {
     let event = order("o-3", "A", 1)
         .header("correlationid", "checkout-77")
         .header("causationid", "cart-5");
-    let report = run(&h, &notifier, event, &RunOptions::default().handler("notifier")).await;
+    let report = run(
+        &h,
+        &notifier,
+        event,
+        &RunOptions::default().handler("notifier"),
+    )
+    .await;
     report
         .expect(&json!({
             "outcome": {"kind": "ok"},
@@ -139,7 +153,9 @@ async fn handler_errors_are_classified() {
     let garbage = TestEvent::json("payment.requested", json!({"order_id": 7})).key("o1");
     let r = run(&h, &payments, garbage, &options).await;
     match &r.outcome {
-        Outcome::Fatal { message } => assert!(message.contains("not the expected JSON"), "{message}"),
+        Outcome::Fatal { message } => {
+            assert!(message.contains("not the expected JSON"), "{message}")
+        }
         other => panic!("expected fatal, got {other:?}"),
     }
 
@@ -216,20 +232,17 @@ async fn infinite_loop_times_out_and_the_host_carries_on() {
     // While the loop spins, other invocations on the same (single-threaded)
     // executor still complete: the guest yields at every epoch tick.
     let started = Instant::now();
-    let (looped, other) = tokio::join!(
-        run(&h, &c, hostile("loop"), &looping),
-        async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let r = run(
-                &h,
-                &inventory,
-                order("o-1", "A", 1),
-                &RunOptions::default().state_json("available", json!(1)),
-            )
-            .await;
-            (r, started.elapsed())
-        }
-    );
+    let (looped, other) = tokio::join!(run(&h, &c, hostile("loop"), &looping), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = run(
+            &h,
+            &inventory,
+            order("o-1", "A", 1),
+            &RunOptions::default().state_json("available", json!(1)),
+        )
+        .await;
+        (r, started.elapsed())
+    });
     match &looped.outcome {
         Outcome::Timeout { message } => assert!(message.contains("1500 ms"), "{message}"),
         other => panic!("expected a timeout, got {other:?}"),
@@ -244,7 +257,13 @@ async fn infinite_loop_times_out_and_the_host_carries_on() {
     );
 
     // And afterwards the runtime works as before.
-    let r = run(&h, &c, hostile("loop"), &RunOptions::default().limits(limits(200))).await;
+    let r = run(
+        &h,
+        &c,
+        hostile("loop"),
+        &RunOptions::default().limits(limits(200)),
+    )
+    .await;
     assert_eq!(r.outcome.kind(), "timeout");
     let r = run(&h, &inventory, order("o-2", "A", 1), &RunOptions::default()).await;
     assert_eq!(r.outcome, Outcome::Ok);
@@ -254,7 +273,13 @@ async fn infinite_loop_times_out_and_the_host_carries_on() {
 async fn a_guest_blocked_in_a_host_call_also_times_out() {
     let h = harness();
     let c = load(&h, "hostile");
-    let r = run(&h, &c, hostile("sleep"), &RunOptions::default().limits(limits(300))).await;
+    let r = run(
+        &h,
+        &c,
+        hostile("sleep"),
+        &RunOptions::default().limits(limits(300)),
+    )
+    .await;
     assert_eq!(r.outcome.kind(), "timeout", "{:?}", r.outcome);
 }
 
@@ -303,7 +328,10 @@ async fn outbox_flood_hits_the_emit_limits() {
         "{:?}",
         r.outcome
     );
-    assert!(r.emitted.is_empty(), "a stopped guest's emits are discarded");
+    assert!(
+        r.emitted.is_empty(),
+        "a stopped guest's emits are discarded"
+    );
 
     let r = run(&h, &c, hostile("big-emit"), &RunOptions::default()).await;
     assert!(
@@ -382,7 +410,10 @@ async fn invalid_components_get_clear_errors() {
     assert!(matches!(err, runtime::Error::WrongWorld(_)), "{err}");
     let text = err.to_string();
     assert!(text.contains("sluice:handler/handler@0.1.0"), "{text}");
-    assert!(text.contains("greet"), "the error names what it does export: {text}");
+    assert!(
+        text.contains("greet"),
+        "the error names what it does export: {text}"
+    );
 
     // A component that exports `handle` with the wrong signature.
     let wrong_sig = wat::parse_str(
@@ -452,7 +483,11 @@ async fn compiled_components_are_cached_on_disk() {
 
     let cached: Vec<_> = walk(&dir);
     assert_eq!(cached.len(), 1, "{cached:?}");
-    assert!(cached[0].to_string_lossy().ends_with(&format!("{}.cwasm", a.digest())));
+    assert!(
+        cached[0]
+            .to_string_lossy()
+            .ends_with(&format!("{}.cwasm", a.digest()))
+    );
 
     // A new runtime (a restart) loads it from disk and it runs.
     let second = Arc::new(runtime::Runtime::new(config.clone()).unwrap());

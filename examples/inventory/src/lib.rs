@@ -129,7 +129,10 @@ pub fn handle(event: &Event, ctx: &mut Ctx) -> Result<(), HandlerError> {
             let available: u64 = ctx.get_json("available")?.unwrap_or(0);
             let total = available.saturating_add(received.quantity);
             ctx.set_json("available", &total)?;
-            ctx.info(format!("{}: +{} -> {total}", received.sku, received.quantity));
+            ctx.info(format!(
+                "{}: +{} -> {total}",
+                received.sku, received.quantity
+            ));
             Ok(())
         }
         "order.placed" => {
@@ -203,9 +206,12 @@ mod tests {
     }
 
     fn order(id: &str, sku: &str, qty: u64) -> Event {
-        Event::from_json("order.placed", &json!({"order_id": id, "sku": sku, "qty": qty}))
-            .with_key(sku)
-            .with_id(id)
+        Event::from_json(
+            "order.placed",
+            &json!({"order_id": id, "sku": sku, "qty": qty}),
+        )
+        .with_key(sku)
+        .with_id(id)
     }
 
     #[test]

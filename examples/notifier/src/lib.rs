@@ -43,7 +43,10 @@ pub fn handle(event: &Event, ctx: &mut Ctx) -> Result<(), HandlerError> {
     }
     let order: OrderPlaced = event.json()?;
     let Some(to) = order.email.filter(|e| e.contains('@')) else {
-        ctx.info(format!("order {} has no email address; nothing to send", order.order_id));
+        ctx.info(format!(
+            "order {} has no email address; nothing to send",
+            order.order_id
+        ));
         return Ok(());
     };
     let email = EmailRequested {
@@ -88,10 +91,13 @@ mod tests {
     #[test]
     fn skips_orders_without_email_and_other_types() {
         let mut host = TestHost::new();
-        let no_email =
-            Event::from_json("order.placed", &json!({"order_id": "o1", "sku": "A", "qty": 1}));
+        let no_email = Event::from_json(
+            "order.placed",
+            &json!({"order_id": "o1", "sku": "A", "qty": 1}),
+        );
         host.run(handle, &no_email).unwrap();
-        host.run(handle, &Event::new("stock.received", "{}")).unwrap();
+        host.run(handle, &Event::new("stock.received", "{}"))
+            .unwrap();
         assert!(host.emitted().is_empty());
     }
 }

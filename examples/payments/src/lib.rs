@@ -66,7 +66,9 @@ pub fn handle(event: &Event, ctx: &mut Ctx) -> Result<(), HandlerError> {
         )));
     }
     if event.key.as_deref() != Some(request.order_id.as_str()) {
-        return Err(HandlerError::fatal("payment events must be keyed by order id"));
+        return Err(HandlerError::fatal(
+            "payment events must be keyed by order id",
+        ));
     }
     if let Some(previous) = ctx.get_json::<String>("charged-by")? {
         return Err(HandlerError::fatal(format!(
@@ -113,11 +115,30 @@ mod tests {
     #[test]
     fn classifies_errors() {
         let mut host = TestHost::new();
-        assert!(!host.run(handle, &payment("stolen", 100)).unwrap_err().is_retryable());
-        assert!(!host.run(handle, &payment("ok", -5)).unwrap_err().is_retryable());
-        assert!(host.run(handle, &payment("down", 100)).unwrap_err().is_retryable());
-        assert!(host.run(handle, &payment("flaky", 100)).unwrap_err().is_retryable());
-        host.run(handle, &payment("flaky", 100).with_attempt(3)).unwrap();
+        assert!(
+            !host
+                .run(handle, &payment("stolen", 100))
+                .unwrap_err()
+                .is_retryable()
+        );
+        assert!(
+            !host
+                .run(handle, &payment("ok", -5))
+                .unwrap_err()
+                .is_retryable()
+        );
+        assert!(
+            host.run(handle, &payment("down", 100))
+                .unwrap_err()
+                .is_retryable()
+        );
+        assert!(
+            host.run(handle, &payment("flaky", 100))
+                .unwrap_err()
+                .is_retryable()
+        );
+        host.run(handle, &payment("flaky", 100).with_attempt(3))
+            .unwrap();
         assert_eq!(host.emitted().len(), 1);
         // A second, different payment event for the same order is refused.
         let again = payment("ok", 100).with_id("other");

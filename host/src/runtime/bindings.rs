@@ -238,7 +238,10 @@ impl CallState {
 }
 
 impl state::Host for GuestState {
-    fn get(&mut self, name: String) -> wasmtime::Result<Result<Option<Vec<u8>>, state::StateError>> {
+    fn get(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, state::StateError>> {
         if !self.call.has_key() {
             return Ok(Err(state::StateError::NoKey));
         }
@@ -339,8 +342,5 @@ impl CallState {
 }
 
 pub(crate) fn state_size(state: &StateMap) -> u64 {
-    state
-        .iter()
-        .map(|(k, v)| (k.len() + v.len()) as u64)
-        .sum()
+    state.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
 }

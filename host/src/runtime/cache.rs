@@ -89,7 +89,9 @@ impl ComponentCache {
             return;
         };
         let result = (|| -> anyhow::Result<()> {
-            let bytes = component.serialize().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            let bytes = component
+                .serialize()
+                .map_err(|e| anyhow::anyhow!("{e:#}"))?;
             let dir = path.parent().unwrap_or(&path);
             std::fs::create_dir_all(dir)?;
             let tmp = dir.join(format!(".{digest}.{}.tmp", std::process::id()));

@@ -586,14 +586,21 @@ fn trap_message(error: &wasmtime::Error) -> String {
         .join(": ");
     if let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
         let text = backtrace.to_string();
-        let frames: Vec<&str> = text.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+        let frames: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .filter(|l| !l.trim().is_empty())
+            .collect();
         message.push_str("\nguest backtrace:");
         for line in frames.iter().take(BACKTRACE_FRAMES) {
             message.push('\n');
             message.push_str(line.trim_end());
         }
         if frames.len() > BACKTRACE_FRAMES {
-            message.push_str(&format!("\n    ... {} more frames", frames.len() - BACKTRACE_FRAMES));
+            message.push_str(&format!(
+                "\n    ... {} more frames",
+                frames.len() - BACKTRACE_FRAMES
+            ));
         }
     }
     message
@@ -605,7 +612,10 @@ mod tests {
 
     #[test]
     fn header_check_tells_kinds_apart() {
-        assert!(matches!(check_header(b"hello world"), Err(Error::NotWasm(_))));
+        assert!(matches!(
+            check_header(b"hello world"),
+            Err(Error::NotWasm(_))
+        ));
         assert!(matches!(check_header(b""), Err(Error::NotWasm(_))));
         let core = b"\0asm\x01\0\0\0";
         assert!(matches!(check_header(core), Err(Error::CoreModule)));
@@ -620,9 +630,24 @@ mod tests {
     #[test]
     fn retry_classification() {
         assert!(!Outcome::Ok.is_retryable());
-        assert!(!Outcome::Fatal { message: "x".into() }.is_retryable());
-        assert!(Outcome::Trap { message: "x".into() }.is_retryable());
-        assert!(Outcome::Timeout { message: "x".into() }.is_retryable());
+        assert!(
+            !Outcome::Fatal {
+                message: "x".into()
+            }
+            .is_retryable()
+        );
+        assert!(
+            Outcome::Trap {
+                message: "x".into()
+            }
+            .is_retryable()
+        );
+        assert!(
+            Outcome::Timeout {
+                message: "x".into()
+            }
+            .is_retryable()
+        );
         assert!(
             !Outcome::Limit {
                 limit: LimitKind::Memory,

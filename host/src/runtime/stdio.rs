@@ -45,7 +45,10 @@ impl CapturedOutput {
     /// What was captured, and how many bytes were dropped past the cap.
     pub(crate) fn take(&self) -> (Vec<u8>, u64) {
         let mut buf = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        (std::mem::take(&mut buf.bytes), std::mem::take(&mut buf.dropped))
+        (
+            std::mem::take(&mut buf.bytes),
+            std::mem::take(&mut buf.dropped),
+        )
     }
 }
 
