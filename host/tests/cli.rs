@@ -16,7 +16,7 @@ fn workspace() -> &'static Path {
 
 fn component(name: &str) -> PathBuf {
     static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
-    const NAMES: &[&str] = &["inventory", "other-world"];
+    const NAMES: &[&str] = &["inventory", "notifier", "payments", "other-world"];
     let built = BUILT.get_or_init(|| {
         sluice::harness::build_components(
             workspace(),
@@ -223,4 +223,36 @@ fn bad_inputs_exit_2_with_a_clear_error() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Every example under `examples/events` (`<handler>-<case>.event.json`,
+/// optional `.state.json`, and `.expect.json`) passes, as the README shows.
+#[test]
+fn documented_examples_match_their_expectations() {
+    let dir = workspace().join("examples").join("events");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(case) = name.strip_suffix(".event.json") else {
+            continue;
+        };
+        let handler = case.split('-').next().unwrap();
+        let wasm = component(handler);
+        let mut args: Vec<std::ffi::OsString> =
+            vec![wasm.into(), "--event".into(), path.clone().into()];
+        let state = dir.join(format!("{case}.state.json"));
+        if state.exists() {
+            args.extend(["--state".into(), state.into()]);
+        }
+        args.extend([
+            "--expect".into(),
+            dir.join(format!("{case}.expect.json")).into(),
+        ]);
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let out = sluice(&refs);
+        assert!(out.status.success(), "{case}: {}", text(&out.stderr));
+        checked += 1;
+    }
+    assert_eq!(checked, 4, "examples found under {}", dir.display());
 }
