@@ -63,6 +63,8 @@
 //! * There is no filesystem, network or environment. Clocks and random
 //!   numbers work, and whatever you print is captured as log lines.
 
+#![deny(missing_docs)]
+
 // The generated bindings name their runtime through this crate's path, so
 // that handler crates need no direct wit-bindgen dependency.
 extern crate self as sluice_sdk;

@@ -31,6 +31,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod event;
 pub mod harness;
 pub mod runtime;

@@ -313,6 +313,29 @@ async fn memory_bomb_hits_the_limit_and_the_host_carries_on() {
 }
 
 #[tokio::test]
+async fn a_memory_limit_above_the_pool_slot_is_capped_to_it() {
+    let h = Harness::with_config(runtime::RuntimeConfig {
+        max_memory_bytes: 48 << 20,
+        max_concurrent_instances: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    let c = load(&h, "hostile");
+    let options = RunOptions::default().limits(Limits {
+        max_memory_bytes: 4 << 30,
+        ..Limits::default()
+    });
+    let r = run(&h, &c, hostile("alloc"), &options).await;
+    match &r.outcome {
+        Outcome::Limit {
+            limit: LimitKind::Memory,
+            message,
+        } => assert!(message.contains(&(48u64 << 20).to_string()), "{message}"),
+        other => panic!("expected the memory limit, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn outbox_flood_hits_the_emit_limits() {
     let h = harness();
     let c = load(&h, "hostile");

@@ -66,7 +66,10 @@ pub(crate) struct CallState {
 }
 
 impl GuestState {
-    pub(crate) fn new(call: CallState) -> Self {
+    /// `pool_memory_bytes` is the runtime's slot size: the handler's memory
+    /// limit is capped to it so that our limiter, which reports a clear
+    /// `limit` outcome, always fires before the pool silently refuses growth.
+    pub(crate) fn new(call: CallState, pool_memory_bytes: u64) -> Self {
         let limits = &call.limits;
         let stdio_cap = usize::try_from(limits.max_stdio_bytes).unwrap_or(usize::MAX);
         let stdout = CapturedOutput::new(stdio_cap);
@@ -85,7 +88,8 @@ impl GuestState {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
-                max_memory_bytes: usize::try_from(limits.max_memory_bytes).unwrap_or(usize::MAX),
+                max_memory_bytes: usize::try_from(limits.max_memory_bytes.min(pool_memory_bytes))
+                    .unwrap_or(usize::MAX),
                 max_table_elements: 100_000,
             },
             stdout,

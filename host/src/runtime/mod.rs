@@ -486,7 +486,10 @@ impl Handler {
             logs: Vec::new(),
             dropped_logs: 0,
         };
-        let mut store = Store::new(&self.runtime.engine, GuestState::new(call));
+        let mut store = Store::new(
+            &self.runtime.engine,
+            GuestState::new(call, self.runtime.config.max_memory_bytes),
+        );
         store.limiter(|s| &mut s.limiter);
         let timeout_ms = self.limits.timeout_ms;
         let deadline = started + Duration::from_millis(timeout_ms);
