@@ -29,7 +29,9 @@
 //!
 //! ## File formats
 //!
-//! **Event** (`--event`): `{"type": ..., "data": <JSON> | "data_base64": ...,
+//! **Event** (`--event`): one event, or an array of events that run in
+//! sequence (state carried from one to the next, per key; the report is then
+//! an array too). An event is `{"type": ..., "data": <JSON> | "data_base64": ...,
 //! "id"?, "source"?, "key"?, "topic"?, "time"?, "content_type"?,
 //! "data_schema"?, "headers"?: {name: value}, "attempt"?}`. Defaults: id
 //! `test-event-1`, source `/sluice/test`, topic `test`, attempt 1, content
@@ -197,13 +199,29 @@ impl TestEvent {
         self
     }
 
-    /// Reads an event file.
-    pub fn from_file(path: &Path) -> Result<Self> {
+    /// Reads an event file: one event, or an array of events to run in
+    /// sequence (the `bool` tells which).
+    pub fn from_file(path: &Path) -> Result<(Vec<Self>, bool)> {
         let text = read(path)?;
-        serde_json::from_str(&text).map_err(|e| Error::Input {
+        let input_error = |message: String| Error::Input {
             path: path.display().to_string(),
-            message: format!("not a valid event: {e}"),
-        })
+            message,
+        };
+        // Parse as a value first, then as the shape it has, so that errors
+        // name the real problem (a missing field, say).
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| input_error(format!("not JSON: {e}")))?;
+        if value.is_array() {
+            let events: Vec<TestEvent> = serde_json::from_value(value)
+                .map_err(|e| input_error(format!("not a valid array of events: {e}")))?;
+            if events.is_empty() {
+                return Err(input_error("the array of events is empty".into()));
+            }
+            return Ok((events, true));
+        }
+        let event: TestEvent = serde_json::from_value(value)
+            .map_err(|e| input_error(format!("not a valid event: {e}")))?;
+        Ok((vec![event], false))
     }
 
     /// The host event this describes, and its attempt number.
@@ -517,6 +535,38 @@ impl Harness {
             .invoke(&event, attempt, options.state.clone())
             .await
             .into())
+    }
+
+    /// Runs `events` in order, the way the pipeline delivers them one after
+    /// another: each event sees the state its key has after the earlier
+    /// successful events (every key starts from `options.state`), and an
+    /// event that fails changes nothing.
+    pub async fn run_sequence(
+        &self,
+        component: &Arc<LoadedComponent>,
+        events: &[TestEvent],
+        options: &RunOptions,
+    ) -> Result<Vec<Report>> {
+        let handler =
+            self.runtime
+                .handler(&options.handler, component.clone(), options.limits.clone());
+        let mut states: BTreeMap<Option<String>, StateMap> = BTreeMap::new();
+        let mut reports = Vec::with_capacity(events.len());
+        for test_event in events {
+            let (event, attempt) = test_event.to_event()?;
+            let state = states
+                .entry(event.key.clone())
+                .or_insert_with(|| options.state.clone());
+            let report: Report = handler.invoke(&event, attempt, state.clone()).await.into();
+            for (name, value) in &report.state_writes {
+                match value {
+                    Some(v) => state.insert(name.clone(), v.clone()),
+                    None => state.remove(name),
+                };
+            }
+            reports.push(report);
+        }
+        Ok(reports)
     }
 
     /// Loads the component at `path` and runs `event` through it.

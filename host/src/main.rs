@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use sluice::harness::{self, Harness, RunOptions, TestEvent};
-use sluice::runtime::Limits;
+use sluice::runtime::{Limits, RuntimeConfig};
 
 /// Sluice: event handlers as sandboxed WebAssembly components.
 #[derive(Parser)]
@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a handler component against one event and print the outcome,
+    /// Run a handler component against one event (or a sequence of events)
+    /// and print the outcome,
     /// emitted events, state writes and logs as JSON.
     Test(TestArgs),
 }
@@ -48,6 +49,21 @@ struct TestArgs {
     /// Print compact JSON instead of pretty JSON.
     #[arg(long)]
     compact: bool,
+    /// Where compiled components are cached, so that repeated runs do not
+    /// recompile. Default: `$XDG_CACHE_HOME/sluice` or `~/.cache/sluice`.
+    #[arg(long, env = "SLUICE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not cache compiled components on disk.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+/// The per-user cache directory, if the environment names a home.
+fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("sluice"))
 }
 
 fn main() -> ExitCode {
@@ -72,7 +88,7 @@ fn main() -> ExitCode {
 }
 
 fn run_test(args: TestArgs) -> anyhow::Result<ExitCode> {
-    let event = TestEvent::from_file(&args.event)?;
+    let (events, sequence) = TestEvent::from_file(&args.event)?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.component
             .file_stem()
@@ -98,11 +114,31 @@ fn run_test(args: TestArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
 
-    let harness = Harness::new()?;
-    let report = harness
-        .run_file_blocking(&args.component, &event, &options)
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        args.cache_dir.clone().or_else(default_cache_dir)
+    };
+    let harness = Harness::with_config(RuntimeConfig {
+        cache_dir,
+        max_concurrent_instances: 4,
+        ..RuntimeConfig::default()
+    })?;
+    let component = harness.load(&args.component)?;
+    let reports = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(harness.run_sequence(&component, &events, &options))
         .with_context(|| format!("running {}", args.component.display()))?;
-    let json = report.to_json();
+    let json = if sequence {
+        serde_json::Value::Array(reports.iter().map(|r| r.to_json()).collect())
+    } else {
+        reports
+            .first()
+            .map(|r| r.to_json())
+            .unwrap_or(serde_json::Value::Null)
+    };
     let text = if args.compact {
         serde_json::to_string(&json)?
     } else {

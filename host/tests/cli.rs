@@ -38,6 +38,11 @@ fn sluice(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("test")
         .args(args)
+        // Keep the compile cache inside the build tree, not in ~/.cache.
+        .env(
+            "SLUICE_CACHE_DIR",
+            workspace().join("target").join("guests").join("compiled"),
+        )
         .output()
         .unwrap()
 }
@@ -113,6 +118,31 @@ fn prints_the_report_and_passes_a_matching_expectation() {
     assert_eq!(report["emitted"][0]["source"], "sluice://handler/inventory");
     assert_eq!(report["logs"][0]["message"], "reserved 2 x A for o-1");
     assert!(text(&out.stderr).contains("ok: matches"));
+}
+
+#[test]
+fn compiled_components_are_cached_between_runs() {
+    let f = files();
+    let cache = tempfile::tempdir().unwrap();
+    let wasm = component("inventory");
+    for _ in 0..2 {
+        let out = sluice(&[
+            wasm.as_os_str(),
+            "--event".as_ref(),
+            f.event.as_os_str(),
+            "--cache-dir".as_ref(),
+            cache.path().as_os_str(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let engine_dirs: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
+    assert_eq!(engine_dirs.len(), 1);
+    let files: Vec<_> = std::fs::read_dir(engine_dirs[0].as_ref().unwrap().path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].ends_with(".cwasm"), "{files:?}");
 }
 
 #[test]
@@ -254,5 +284,5 @@ fn documented_examples_match_their_expectations() {
         assert!(out.status.success(), "{case}: {}", text(&out.stderr));
         checked += 1;
     }
-    assert_eq!(checked, 4, "examples found under {}", dir.display());
+    assert_eq!(checked, 5, "examples found under {}", dir.display());
 }
