@@ -39,7 +39,8 @@ pub struct Event {
     pub content_type: Option<String>,
     /// CloudEvents `dataschema`: the payload's schema or version.
     pub data_schema: Option<String>,
-    /// CloudEvents `data`, raw bytes.
+    /// CloudEvents `data`, raw bytes (base64 in JSON).
+    #[serde(with = "base64_bytes")]
     pub data: Vec<u8>,
     /// Extension attributes and headers, by lowercase name.
     pub headers: BTreeMap<String, String>,
@@ -62,6 +63,25 @@ impl Event {
     /// The `causationid` attribute: the id of the event this one was emitted for.
     pub fn causation_id(&self) -> Option<&str> {
         self.headers.get(CAUSATION_ID).map(String::as_str)
+    }
+}
+
+/// Serde for byte payloads as base64 strings: compact, and unambiguous
+/// whatever the bytes are.
+pub mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes bytes as a base64 string.
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    /// Deserializes a base64 string into bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -98,6 +118,18 @@ pub fn inherited_headers(cause: &Event) -> BTreeMap<String, String> {
         }
     }
     headers
+}
+
+/// The partition of `key` in a topic of `partitions` partitions: a stable
+/// hash (FNV-1a), so a key always lands in the same partition, across
+/// restarts and versions.
+pub fn partition_for_key(key: &str, partitions: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(partitions.max(1))) as u32
 }
 
 /// Is `name` acceptable as a CloudEvents extension attribute or header name?
@@ -166,6 +198,18 @@ mod tests {
             h2[TRACEPARENT],
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
+    }
+
+    #[test]
+    fn partitions_are_stable() {
+        assert_eq!(partition_for_key("sku-1", 8), partition_for_key("sku-1", 8));
+        assert!(partition_for_key("anything", 3) < 3);
+        // Pinned: changing the hash would move keys between partitions.
+        assert_eq!(
+            partition_for_key("a", 1000),
+            (12638187200555641996u64 % 1000) as u32
+        );
+        assert_eq!(partition_for_key("x", 0), 0);
     }
 
     #[test]

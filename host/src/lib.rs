@@ -36,3 +36,4 @@
 pub mod event;
 pub mod harness;
 pub mod runtime;
+pub mod store;

@@ -1,0 +1,409 @@
+//! Durable state of the pipeline behind one trait: the embedded event log,
+//! consumer positions, idempotency records, per-key state, the outbox and
+//! the dead-letter queue.
+//!
+//! The central operation is [`Store::commit`]: the outcomes of many events,
+//! for many handlers, commit in one transaction (group commit). For each
+//! processed event that transaction holds its processed record, its state
+//! writes, its emitted events (outbox rows) and the handler's new position,
+//! so an event's effects exist exactly once or not at all.
+//!
+//! [`sqlite::SqliteStore`] is the embedded implementation; the backend is
+//! chosen by the URL scheme in [`open`].
+
+pub mod sqlite;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+use crate::runtime::StateMap;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database failed or is unreachable.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Schema migration failed at start-up.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store URL is not usable.
+    #[error("invalid store URL {url:?}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A row could not be decoded.
+    #[error("corrupt data in the store: {0}")]
+    Corrupt(String),
+    /// The thing asked for does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Milliseconds since the Unix epoch, the store's clock.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// An event as stored in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// Position in the whole log; increases in commit order.
+    pub seq: i64,
+    /// Partition within the topic (from the key).
+    pub partition: u32,
+    /// Offset within the partition.
+    pub offset: i64,
+    /// When it was appended, ms since the epoch.
+    pub appended_at: i64,
+    /// The event (its `topic` is the topic it is in).
+    pub event: Event,
+}
+
+/// Where an appended event landed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appended {
+    /// Event id.
+    pub id: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Offset within the partition.
+    pub offset: i64,
+    /// Log sequence number.
+    pub seq: i64,
+}
+
+/// A topic of the embedded log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicInfo {
+    /// Name.
+    pub name: String,
+    /// Number of partitions.
+    pub partitions: u32,
+    /// Number of events.
+    pub events: i64,
+    /// Highest sequence number, 0 when empty.
+    pub last_seq: i64,
+}
+
+/// One failed attempt at handling an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Outcome kind: `retryable`, `fatal`, `trap`, `timeout` or `limit`.
+    pub outcome: String,
+    /// The error message.
+    pub error: String,
+    /// Version (component digest) that ran.
+    pub version: String,
+    /// When, ms since the epoch.
+    pub at: i64,
+}
+
+/// A successfully handled event and its effects.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    /// Handler name.
+    pub handler: String,
+    /// Version (component digest) that ran.
+    pub version: String,
+    /// Topic the event came from.
+    pub topic: String,
+    /// Its log sequence number.
+    pub seq: i64,
+    /// Its id.
+    pub event_id: String,
+    /// Number of attempts it took.
+    pub attempts: u32,
+    /// The event's key, the scope of `state_changes`.
+    pub key: Option<String>,
+    /// State writes; `None` deletes.
+    pub state_changes: BTreeMap<String, Option<Vec<u8>>>,
+    /// Events for the outbox.
+    pub emitted: Vec<Event>,
+}
+
+/// An event that goes to the dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Handler name.
+    pub handler: String,
+    /// Version (component digest) of the last attempt.
+    pub version: String,
+    /// The full event with its log position.
+    pub record: LogRecord,
+    /// Every attempt, the last one included.
+    pub attempts: Vec<AttemptRecord>,
+    /// Park the event's key until the entry is redriven or discarded.
+    pub park: bool,
+}
+
+/// An event held back because its key is parked.
+#[derive(Debug, Clone)]
+pub struct ParkedEvent {
+    /// Handler name.
+    pub handler: String,
+    /// The parked key.
+    pub key: String,
+    /// The event's topic.
+    pub topic: String,
+    /// The event's log sequence number.
+    pub seq: i64,
+}
+
+/// A group of outcomes that commit together.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Events handled successfully.
+    pub processed: Vec<Processed>,
+    /// Failed attempts that will be retried, as (handler, event id, attempt).
+    pub failures: Vec<(String, String, AttemptRecord)>,
+    /// Events that go to the dead-letter queue.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Events held back behind a parked key.
+    pub parked: Vec<ParkedEvent>,
+    /// DLQ actions carried out by this batch (their rows are deleted).
+    pub actions_done: Vec<i64>,
+    /// Keys released by this batch, as (handler, key): their parking and
+    /// held-back event rows are deleted.
+    pub unparked: Vec<(String, String)>,
+    /// New consumer positions, as (handler, topic, position).
+    pub positions: Vec<(String, String, i64)>,
+}
+
+impl Batch {
+    /// Does the batch write nothing?
+    pub fn is_empty(&self) -> bool {
+        self.processed.is_empty()
+            && self.failures.is_empty()
+            && self.dead_letters.is_empty()
+            && self.parked.is_empty()
+            && self.actions_done.is_empty()
+            && self.unparked.is_empty()
+            && self.positions.is_empty()
+    }
+}
+
+/// What a commit did beyond the obvious.
+#[derive(Debug, Clone, Default)]
+pub struct CommitReport {
+    /// (handler, event id) of processed events that already had a processed
+    /// record: their effects were not applied again.
+    pub duplicates: HashSet<(String, String)>,
+    /// Outbox rows written.
+    pub outbox_rows: u64,
+    /// Ids of the DLQ entries created, in the order of `dead_letters`.
+    pub dlq_ids: Vec<i64>,
+}
+
+/// Status of a DLQ entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DlqStatus {
+    /// Waiting for an operator.
+    Pending,
+    /// Sent back to its handler.
+    Redriven,
+    /// Dropped by an operator.
+    Discarded,
+}
+
+impl DlqStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DlqStatus::Pending => "pending",
+            DlqStatus::Redriven => "redriven",
+            DlqStatus::Discarded => "discarded",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "pending" => Ok(DlqStatus::Pending),
+            "redriven" => Ok(DlqStatus::Redriven),
+            "discarded" => Ok(DlqStatus::Discarded),
+            other => Err(Error::Corrupt(format!("unknown DLQ status {other:?}"))),
+        }
+    }
+}
+
+/// A dead-letter queue entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DlqEntry {
+    /// Entry id.
+    pub id: i64,
+    /// Handler that failed.
+    pub handler: String,
+    /// Version (component digest) of the last attempt.
+    pub version: String,
+    /// The full event with its log position.
+    pub record: LogRecord,
+    /// Every attempt with its error and time.
+    pub attempts: Vec<AttemptRecord>,
+    /// The last error.
+    pub error: String,
+    /// Status.
+    pub status: DlqStatus,
+    /// Created, ms since the epoch.
+    pub created_at: i64,
+    /// Last status change, ms since the epoch.
+    pub updated_at: i64,
+}
+
+/// Filter of [`Store::dlq_list`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DlqFilter {
+    /// Only this handler.
+    pub handler: Option<String>,
+    /// Only this topic.
+    pub topic: Option<String>,
+    /// Only this status (default: all).
+    pub status: Option<DlqStatus>,
+    /// Entries with an id greater than this (paging cursor).
+    pub after: Option<i64>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+/// What an operator asked for a DLQ entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DlqAction {
+    /// Run the event again.
+    Redrive,
+    /// Drop it.
+    Discard,
+}
+
+/// An operator action waiting for the handler's dispatcher.
+#[derive(Debug, Clone)]
+pub struct PendingAction {
+    /// Action id.
+    pub id: i64,
+    /// What to do.
+    pub action: DlqAction,
+    /// The entry.
+    pub entry: DlqEntry,
+}
+
+/// The durable state of a Sluice host.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates `topic` with `partitions` partitions unless it exists;
+    /// returns its partition count.
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32>;
+
+    /// Lists the topics of the embedded log.
+    async fn topics(&self) -> Result<Vec<TopicInfo>>;
+
+    /// Appends events (each to its `topic`, created with
+    /// `default_partitions` if new) in one transaction.
+    async fn append(&self, events: &[Event], default_partitions: u32) -> Result<Vec<Appended>>;
+
+    /// Reads up to `limit` events of `topic` with `seq > after`, in order.
+    async fn read_log(&self, topic: &str, after: i64, limit: u32) -> Result<Vec<LogRecord>>;
+
+    /// Reads log records by sequence number (any topic), in order.
+    async fn read_seqs(&self, seqs: &[i64]) -> Result<Vec<LogRecord>>;
+
+    /// The committed position of `handler` on `topic`.
+    async fn position(&self, handler: &str, topic: &str) -> Result<Option<i64>>;
+
+    /// Which of `ids` have a processed record for `handler`.
+    async fn processed_ids(&self, handler: &str, ids: &[String]) -> Result<HashSet<String>>;
+
+    /// The state of `key` for `handler`.
+    async fn load_state(&self, handler: &str, key: &str) -> Result<StateMap>;
+
+    /// The failed attempts recorded for an event that is being retried.
+    async fn attempts(&self, handler: &str, event_id: &str) -> Result<Vec<AttemptRecord>>;
+
+    /// Commits a batch of outcomes in one transaction.
+    async fn commit(&self, batch: &Batch) -> Result<CommitReport>;
+
+    /// Publishes up to `limit` outbox rows to the embedded log, in outbox
+    /// order, and marks them delivered, in one transaction.
+    async fn relay_outbox(&self, limit: u32, default_partitions: u32) -> Result<Vec<Appended>>;
+
+    /// Number of outbox rows not yet delivered.
+    async fn outbox_backlog(&self) -> Result<i64>;
+
+    /// Keys of `handler` that are parked.
+    async fn parked_keys(&self, handler: &str) -> Result<HashSet<String>>;
+
+    /// Lists DLQ entries, oldest first.
+    async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>>;
+
+    /// One DLQ entry.
+    async fn dlq_get(&self, id: i64) -> Result<Option<DlqEntry>>;
+
+    /// Marks a pending entry redriven or discarded and queues the action for
+    /// its handler's dispatcher. A redrive removes the event's processed
+    /// record, so that it can be processed again.
+    async fn dlq_act(&self, id: i64, action: DlqAction) -> Result<DlqEntry>;
+
+    /// Actions waiting for `handler`, oldest first.
+    async fn pending_actions(&self, handler: &str) -> Result<Vec<PendingAction>>;
+
+    /// Events of `key` held back for `handler`, in log order.
+    async fn parked_events(&self, handler: &str, key: &str) -> Result<Vec<LogRecord>>;
+}
+
+/// The store behind `url`: `sqlite://PATH` (created if missing).
+pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url, options).await?))
+    } else {
+        Err(Error::Url {
+            url: url.to_owned(),
+            reason: "unsupported scheme; use sqlite://PATH".into(),
+        })
+    }
+}
+
+/// Durability setting of SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync at every commit: a committed event survives a power loss.
+    #[default]
+    Full,
+    /// fsync at WAL checkpoints only: faster; a power loss (not a process
+    /// crash) can lose the last commits.
+    Normal,
+}
+
+/// Options of the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreOptions {
+    /// SQLite durability (`full` or `normal`).
+    pub synchronous: Synchronous,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            max_connections: 4,
+        }
+    }
+}

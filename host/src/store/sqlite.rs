@@ -1,0 +1,953 @@
+//! The embedded store: one SQLite database (through sqlx) in WAL mode.
+//!
+//! Durability defaults to `synchronous=FULL`: every commit is fsynced, so a
+//! committed event survives a power loss. `NORMAL` only fsyncs at WAL
+//! checkpoints: much faster, still safe against a process crash (`kill -9`),
+//! but a power loss or kernel crash can lose the most recent commits.
+//!
+//! Write transactions start with `BEGIN IMMEDIATE`, taking SQLite's write
+//! lock up front, so that concurrent writers queue on the busy timeout
+//! instead of failing when a read transaction tries to upgrade.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row};
+
+use super::{
+    Appended, AttemptRecord, Batch, CommitReport, DlqAction, DlqEntry, DlqFilter, DlqStatus, Error,
+    LogRecord, PendingAction, Result, Store, StoreOptions, Synchronous, TopicInfo, now_ms,
+};
+use crate::event::{Event, partition_for_key};
+use crate::runtime::StateMap;
+
+/// SQLite limits bound parameters per statement; chunk `IN (...)` lists.
+const IN_CHUNK: usize = 500;
+
+/// The embedded SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+const EVENT_COLUMNS: &str = "seq, topic, partition, \"offset\", id, source, type, time, content_type, data_schema, data, headers, key, appended_at";
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` and migrates it.
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Self> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::Url {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match options.synchronous {
+                Synchronous::Full => SqliteSynchronous::Full,
+                Synchronous::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        if let Some(dir) = connect.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Url {
+                url: url.to_owned(),
+                reason: format!("cannot create {}: {e}", dir.display()),
+            })?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(2))
+            .connect_with(connect)
+            .await?;
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The connection pool, for tests and tools.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn decode_record(row: &SqliteRow) -> Result<LogRecord> {
+    let headers: String = row.try_get("headers")?;
+    let headers: BTreeMap<String, String> = serde_json::from_str(&headers)
+        .map_err(|e| Error::Corrupt(format!("event headers: {e}")))?;
+    let partition: i64 = row.try_get("partition")?;
+    Ok(LogRecord {
+        seq: row.try_get("seq")?,
+        partition: u32::try_from(partition)
+            .map_err(|_| Error::Corrupt(format!("partition {partition}")))?,
+        offset: row.try_get("offset")?,
+        appended_at: row.try_get("appended_at")?,
+        event: Event {
+            id: row.try_get("id")?,
+            source: row.try_get("source")?,
+            ty: row.try_get("type")?,
+            time: row.try_get("time")?,
+            content_type: row.try_get("content_type")?,
+            data_schema: row.try_get("data_schema")?,
+            data: row.try_get("data")?,
+            headers,
+            key: row.try_get("key")?,
+            topic: row.try_get("topic")?,
+        },
+    })
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+async fn ensure_topic_in(conn: &mut SqliteConnection, topic: &str, partitions: u32) -> Result<u32> {
+    sqlx::query("INSERT INTO topics (name, partitions, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
+        .bind(topic)
+        .bind(i64::from(partitions.max(1)))
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?;
+    let n: i64 = sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?")
+        .bind(topic)
+        .fetch_one(&mut *conn)
+        .await?;
+    u32::try_from(n).map_err(|_| Error::Corrupt(format!("topic {topic} has {n} partitions")))
+}
+
+/// Appends `events` inside the caller's transaction.
+async fn append_in(
+    conn: &mut SqliteConnection,
+    events: &[Event],
+    default_partitions: u32,
+) -> Result<Vec<Appended>> {
+    let now = now_ms();
+    let mut partitions: HashMap<String, u32> = HashMap::new();
+    let mut heads: HashMap<(String, u32), i64> = HashMap::new();
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let n = match partitions.get(&e.topic) {
+            Some(n) => *n,
+            None => {
+                let n = ensure_topic_in(conn, &e.topic, default_partitions).await?;
+                partitions.insert(e.topic.clone(), n);
+                n
+            }
+        };
+        let partition = match &e.key {
+            Some(key) => partition_for_key(key, n),
+            None => rand::random::<u32>() % n,
+        };
+        let head_key = (e.topic.clone(), partition);
+        let offset = match heads.get(&head_key) {
+            Some(o) => *o,
+            None => sqlx::query_scalar::<_, i64>(
+                "SELECT next_offset FROM partition_heads WHERE topic = ? AND partition = ?",
+            )
+            .bind(&e.topic)
+            .bind(i64::from(partition))
+            .fetch_optional(&mut *conn)
+            .await?
+            .unwrap_or(0),
+        };
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (topic, partition, \"offset\", id, source, type, time, content_type, data_schema, data, headers, key, appended_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+        )
+        .bind(&e.topic)
+        .bind(i64::from(partition))
+        .bind(offset)
+        .bind(&e.id)
+        .bind(&e.source)
+        .bind(&e.ty)
+        .bind(&e.time)
+        .bind(&e.content_type)
+        .bind(&e.data_schema)
+        .bind(&e.data)
+        .bind(to_json(&e.headers)?)
+        .bind(&e.key)
+        .bind(now)
+        .fetch_one(&mut *conn)
+        .await?;
+        heads.insert(head_key, offset + 1);
+        out.push(Appended {
+            id: e.id.clone(),
+            topic: e.topic.clone(),
+            partition,
+            offset,
+            seq,
+        });
+    }
+    for ((topic, partition), next) in heads {
+        sqlx::query(
+            "INSERT INTO partition_heads (topic, partition, next_offset) VALUES (?, ?, ?) \
+             ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+        )
+        .bind(topic)
+        .bind(i64::from(partition))
+        .bind(next)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(out)
+}
+
+fn decode_dlq(row: &SqliteRow) -> Result<DlqEntry> {
+    let record: String = row.try_get("event")?;
+    let attempts: String = row.try_get("attempts")?;
+    let status: String = row.try_get("status")?;
+    Ok(DlqEntry {
+        id: row.try_get("id")?,
+        handler: row.try_get("handler")?,
+        version: row.try_get("version")?,
+        record: from_json(&record, "DLQ event")?,
+        attempts: from_json(&attempts, "DLQ attempts")?,
+        error: row.try_get("error")?,
+        status: DlqStatus::parse(&status)?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// A processed record about to be written.
+struct ProcessedRow<'a> {
+    handler: &'a str,
+    event_id: &'a str,
+    topic: &'a str,
+    seq: i64,
+    outcome: &'a str,
+    version: &'a str,
+    attempts: u32,
+}
+
+/// Inserts a processed record unless one exists; `false` means the event
+/// was already processed and its effects must not be applied again.
+async fn insert_processed(
+    conn: &mut SqliteConnection,
+    row: ProcessedRow<'_>,
+    now: i64,
+) -> Result<bool> {
+    let ProcessedRow {
+        handler,
+        event_id,
+        topic,
+        seq,
+        outcome,
+        version,
+        attempts,
+    } = row;
+    let done = sqlx::query(
+        "INSERT INTO processed (handler, event_id, topic, seq, outcome, version, attempts, processed_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (handler, event_id) DO NOTHING",
+    )
+    .bind(handler)
+    .bind(event_id)
+    .bind(topic)
+    .bind(seq)
+    .bind(outcome)
+    .bind(version)
+    .bind(i64::from(attempts))
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let n = ensure_topic_in(&mut tx, topic, partitions).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn topics(&self) -> Result<Vec<TopicInfo>> {
+        let rows = sqlx::query(
+            "SELECT t.name, t.partitions, \
+               (SELECT COUNT(*) FROM events e WHERE e.topic = t.name) AS events, \
+               (SELECT COALESCE(MAX(seq), 0) FROM events e WHERE e.topic = t.name) AS last_seq \
+             FROM topics t ORDER BY t.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let partitions: i64 = r.try_get("partitions")?;
+                Ok(TopicInfo {
+                    name: r.try_get("name")?,
+                    partitions: u32::try_from(partitions).unwrap_or(0),
+                    events: r.try_get("events")?,
+                    last_seq: r.try_get("last_seq")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn append(&self, events: &[Event], default_partitions: u32) -> Result<Vec<Appended>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let out = append_in(&mut tx, events, default_partitions).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn read_log(&self, topic: &str, after: i64, limit: u32) -> Result<Vec<LogRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?"
+        )))
+        .bind(topic)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_record).collect()
+    }
+
+    async fn read_seqs(&self, seqs: &[i64]) -> Result<Vec<LogRecord>> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for chunk in seqs.chunks(IN_CHUNK) {
+            let mut q =
+                QueryBuilder::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq IN ("));
+            let mut sep = q.separated(", ");
+            for s in chunk {
+                sep.push_bind(*s);
+            }
+            q.push(") ORDER BY seq");
+            for row in q.build().fetch_all(&self.pool).await? {
+                out.push(decode_record(&row)?);
+            }
+        }
+        out.sort_by_key(|r| r.seq);
+        Ok(out)
+    }
+
+    async fn position(&self, handler: &str, topic: &str) -> Result<Option<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT position FROM positions WHERE handler = ? AND topic = ?")
+                .bind(handler)
+                .bind(topic)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn processed_ids(&self, handler: &str, ids: &[String]) -> Result<HashSet<String>> {
+        let mut found = HashSet::new();
+        for chunk in ids.chunks(IN_CHUNK) {
+            let mut q = QueryBuilder::new("SELECT event_id FROM processed WHERE handler = ");
+            q.push_bind(handler);
+            q.push(" AND event_id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.as_str());
+            }
+            q.push(")");
+            for row in q.build().fetch_all(&self.pool).await? {
+                found.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn load_state(&self, handler: &str, key: &str) -> Result<StateMap> {
+        let rows = sqlx::query("SELECT name, value FROM state WHERE handler = ? AND key = ?")
+            .bind(handler)
+            .bind(key)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
+            .collect()
+    }
+
+    async fn attempts(&self, handler: &str, event_id: &str) -> Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(
+            "SELECT attempt, outcome, error, version, at FROM attempts \
+             WHERE handler = ? AND event_id = ? ORDER BY attempt",
+        )
+        .bind(handler)
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let attempt: i64 = r.try_get("attempt")?;
+                Ok(AttemptRecord {
+                    attempt: u32::try_from(attempt).unwrap_or(0),
+                    outcome: r.try_get("outcome")?,
+                    error: r.try_get("error")?,
+                    version: r.try_get("version")?,
+                    at: r.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn commit(&self, batch: &Batch) -> Result<CommitReport> {
+        let now = now_ms();
+        let mut report = CommitReport::default();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for p in &batch.processed {
+            let row = ProcessedRow {
+                handler: &p.handler,
+                event_id: &p.event_id,
+                topic: &p.topic,
+                seq: p.seq,
+                outcome: "ok",
+                version: &p.version,
+                attempts: p.attempts,
+            };
+            let fresh = insert_processed(&mut tx, row, now).await?;
+            if !fresh {
+                // Already processed (a duplicate that slipped past the
+                // dispatcher's check): its effects exist once already.
+                report
+                    .duplicates
+                    .insert((p.handler.clone(), p.event_id.clone()));
+                continue;
+            }
+            if let Some(key) = &p.key {
+                for (name, value) in &p.state_changes {
+                    match value {
+                        Some(value) => {
+                            sqlx::query(
+                                "INSERT INTO state (handler, key, name, value) VALUES (?, ?, ?, ?) \
+                                 ON CONFLICT (handler, key, name) DO UPDATE SET value = excluded.value",
+                            )
+                            .bind(&p.handler)
+                            .bind(key)
+                            .bind(name)
+                            .bind(value)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        None => {
+                            sqlx::query(
+                                "DELETE FROM state WHERE handler = ? AND key = ? AND name = ?",
+                            )
+                            .bind(&p.handler)
+                            .bind(key)
+                            .bind(name)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                    }
+                }
+            }
+            for e in &p.emitted {
+                sqlx::query(
+                    "INSERT INTO outbox (event_id, topic, key, event, handler, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&e.id)
+                .bind(&e.topic)
+                .bind(&e.key)
+                .bind(to_json(e)?)
+                .bind(&p.handler)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                report.outbox_rows += 1;
+            }
+            if p.attempts > 1 {
+                sqlx::query("DELETE FROM attempts WHERE handler = ? AND event_id = ?")
+                    .bind(&p.handler)
+                    .bind(&p.event_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        for (handler, event_id, a) in &batch.failures {
+            sqlx::query(
+                "INSERT INTO attempts (handler, event_id, attempt, outcome, error, version, at) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (handler, event_id, attempt) DO UPDATE SET outcome = excluded.outcome, error = excluded.error, version = excluded.version, at = excluded.at",
+            )
+            .bind(handler)
+            .bind(event_id)
+            .bind(i64::from(a.attempt))
+            .bind(&a.outcome)
+            .bind(&a.error)
+            .bind(&a.version)
+            .bind(a.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for d in &batch.dead_letters {
+            let e = &d.record.event;
+            let attempts = u32::try_from(d.attempts.len()).unwrap_or(u32::MAX);
+            let row = ProcessedRow {
+                handler: &d.handler,
+                event_id: &e.id,
+                topic: &e.topic,
+                seq: d.record.seq,
+                outcome: "dead-lettered",
+                version: &d.version,
+                attempts,
+            };
+            let fresh = insert_processed(&mut tx, row, now).await?;
+            if !fresh {
+                report.duplicates.insert((d.handler.clone(), e.id.clone()));
+                report.dlq_ids.push(0);
+                continue;
+            }
+            let error = d
+                .attempts
+                .last()
+                .map(|a| format!("{}: {}", a.outcome, a.error))
+                .unwrap_or_default();
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO dlq (handler, version, topic, seq, event_id, key, event, attempts, error, status, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
+            )
+            .bind(&d.handler)
+            .bind(&d.version)
+            .bind(&e.topic)
+            .bind(d.record.seq)
+            .bind(&e.id)
+            .bind(&e.key)
+            .bind(to_json(&d.record)?)
+            .bind(to_json(&d.attempts)?)
+            .bind(error)
+            .bind(now)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            report.dlq_ids.push(id);
+            sqlx::query("DELETE FROM attempts WHERE handler = ? AND event_id = ?")
+                .bind(&d.handler)
+                .bind(&e.id)
+                .execute(&mut *tx)
+                .await?;
+            if d.park
+                && let Some(key) = &e.key
+            {
+                sqlx::query(
+                    "INSERT INTO parked_keys (handler, key, dlq_id) VALUES (?, ?, ?) ON CONFLICT (handler, key) DO NOTHING",
+                )
+                .bind(&d.handler)
+                .bind(key)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for pe in &batch.parked {
+            sqlx::query(
+                "INSERT INTO parked_events (handler, key, seq, topic) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(&pe.handler)
+            .bind(&pe.key)
+            .bind(pe.seq)
+            .bind(&pe.topic)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (handler, key) in &batch.unparked {
+            sqlx::query("DELETE FROM parked_keys WHERE handler = ? AND key = ?")
+                .bind(handler)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM parked_events WHERE handler = ? AND key = ?")
+                .bind(handler)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for id in &batch.actions_done {
+            sqlx::query("DELETE FROM dlq_actions WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (handler, topic, position) in &batch.positions {
+            sqlx::query(
+                "INSERT INTO positions (handler, topic, position) VALUES (?, ?, ?) \
+                 ON CONFLICT (handler, topic) DO UPDATE SET position = MAX(position, excluded.position)",
+            )
+            .bind(handler)
+            .bind(topic)
+            .bind(position)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    async fn relay_outbox(&self, limit: u32, default_partitions: u32) -> Result<Vec<Appended>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query(
+            "SELECT seq, event FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut events = Vec::with_capacity(rows.len());
+        let mut last = 0i64;
+        for row in &rows {
+            let text: String = row.try_get("event")?;
+            events.push(from_json::<Event>(&text, "outbox event")?);
+            last = row.try_get("seq")?;
+        }
+        let appended = append_in(&mut tx, &events, default_partitions).await?;
+        // Rows are taken in seq order under the write lock, so everything up
+        // to `last` that is still pending is exactly what was read.
+        sqlx::query("UPDATE outbox SET delivered_at = ? WHERE delivered_at IS NULL AND seq <= ?")
+            .bind(now_ms())
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(appended)
+    }
+
+    async fn outbox_backlog(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn parked_keys(&self, handler: &str) -> Result<HashSet<String>> {
+        let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM parked_keys WHERE handler = ?")
+            .bind(handler)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(keys.into_iter().collect())
+    }
+
+    async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>> {
+        let mut q = QueryBuilder::new("SELECT * FROM dlq WHERE id > ");
+        q.push_bind(filter.after.unwrap_or(0));
+        if let Some(handler) = &filter.handler {
+            q.push(" AND handler = ").push_bind(handler.clone());
+        }
+        if let Some(topic) = &filter.topic {
+            q.push(" AND topic = ").push_bind(topic.clone());
+        }
+        if let Some(status) = filter.status {
+            q.push(" AND status = ").push_bind(status.as_str());
+        }
+        q.push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(filter.limit.unwrap_or(100).clamp(1, 1000)));
+        q.build()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(decode_dlq)
+            .collect()
+    }
+
+    async fn dlq_get(&self, id: i64) -> Result<Option<DlqEntry>> {
+        sqlx::query("SELECT * FROM dlq WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(decode_dlq)
+            .transpose()
+    }
+
+    async fn dlq_act(&self, id: i64, action: DlqAction) -> Result<DlqEntry> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query("SELECT * FROM dlq WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("DLQ entry {id}")))?;
+        let mut entry = decode_dlq(&row)?;
+        if entry.status != DlqStatus::Pending {
+            return Err(Error::Conflict(format!(
+                "DLQ entry {id} is already {}",
+                entry.status.as_str()
+            )));
+        }
+        let now = now_ms();
+        let (status, action_name) = match action {
+            DlqAction::Redrive => (DlqStatus::Redriven, "redrive"),
+            DlqAction::Discard => (DlqStatus::Discarded, "discard"),
+        };
+        sqlx::query("UPDATE dlq SET status = ?, updated_at = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if action == DlqAction::Redrive {
+            sqlx::query("DELETE FROM processed WHERE handler = ? AND event_id = ?")
+                .bind(&entry.handler)
+                .bind(&entry.record.event.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO dlq_actions (handler, dlq_id, action, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&entry.handler)
+        .bind(id)
+        .bind(action_name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        entry.status = status;
+        entry.updated_at = now;
+        Ok(entry)
+    }
+
+    async fn pending_actions(&self, handler: &str) -> Result<Vec<PendingAction>> {
+        let rows = sqlx::query(
+            "SELECT a.id AS action_id, a.action, d.* FROM dlq_actions a JOIN dlq d ON d.id = a.dlq_id \
+             WHERE a.handler = ? ORDER BY a.id",
+        )
+        .bind(handler)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let action: String = r.try_get("action")?;
+                Ok(PendingAction {
+                    id: r.try_get("action_id")?,
+                    action: match action.as_str() {
+                        "redrive" => DlqAction::Redrive,
+                        "discard" => DlqAction::Discard,
+                        other => return Err(Error::Corrupt(format!("DLQ action {other:?}"))),
+                    },
+                    entry: decode_dlq(r)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn parked_events(&self, handler: &str, key: &str) -> Result<Vec<LogRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {} FROM parked_events p JOIN events e ON e.seq = p.seq \
+             WHERE p.handler = ? AND p.key = ? ORDER BY p.seq",
+            EVENT_COLUMNS
+                .split(", ")
+                .map(|c| format!("e.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+        .bind(handler)
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_record).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DeadLetter, Processed};
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db/sluice.db").display());
+        let store = SqliteStore::open(&url, &StoreOptions::default())
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn event(id: &str, topic: &str, key: Option<&str>) -> Event {
+        Event {
+            id: id.into(),
+            source: "/test".into(),
+            ty: "t".into(),
+            time: None,
+            content_type: Some("application/json".into()),
+            data_schema: None,
+            data: b"{}".to_vec(),
+            headers: BTreeMap::from([("x".to_string(), "y".to_string())]),
+            key: key.map(Into::into),
+            topic: topic.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn append_assigns_partitions_offsets_and_sequence() {
+        let (_d, s) = store().await;
+        assert_eq!(s.ensure_topic("orders", 4).await.unwrap(), 4);
+        // An existing topic keeps its partition count.
+        assert_eq!(s.ensure_topic("orders", 9).await.unwrap(), 4);
+        let a = s
+            .append(
+                &[
+                    event("1", "orders", Some("k")),
+                    event("2", "orders", Some("k")),
+                    event("3", "other", None),
+                ],
+                2,
+            )
+            .await
+            .unwrap();
+        assert_eq!(a[0].partition, a[1].partition);
+        assert_eq!((a[0].offset, a[1].offset), (0, 1));
+        assert!(a[0].seq < a[1].seq && a[1].seq < a[2].seq);
+        let more = s
+            .append(&[event("4", "orders", Some("k"))], 2)
+            .await
+            .unwrap();
+        assert_eq!(more[0].offset, 2);
+        let log = s.read_log("orders", 0, 10).await.unwrap();
+        assert_eq!(log.len(), 3);
+        assert_eq!(log[0].event, event("1", "orders", Some("k")));
+        assert_eq!(s.read_log("orders", log[1].seq, 10).await.unwrap().len(), 1);
+        let topics = s.topics().await.unwrap();
+        assert_eq!(topics.len(), 2);
+        assert_eq!(
+            (topics[1].name.as_str(), topics[1].partitions),
+            ("other", 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn commit_is_atomic_and_idempotent() {
+        let (_d, s) = store().await;
+        let a = s.append(&[event("e1", "in", Some("k"))], 1).await.unwrap();
+        let processed = Processed {
+            handler: "h".into(),
+            version: "v1".into(),
+            topic: "in".into(),
+            seq: a[0].seq,
+            event_id: "e1".into(),
+            attempts: 1,
+            key: Some("k".into()),
+            state_changes: BTreeMap::from([("n".to_string(), Some(b"1".to_vec()))]),
+            emitted: vec![event("out-1", "out", Some("k"))],
+        };
+        let batch = Batch {
+            processed: vec![processed.clone()],
+            positions: vec![("h".into(), "in".into(), a[0].seq)],
+            ..Default::default()
+        };
+        let r = s.commit(&batch).await.unwrap();
+        assert!(r.duplicates.is_empty());
+        assert_eq!(r.outbox_rows, 1);
+        assert_eq!(s.position("h", "in").await.unwrap(), Some(a[0].seq));
+        assert_eq!(s.load_state("h", "k").await.unwrap()["n"], b"1");
+        assert_eq!(
+            s.processed_ids("h", &["e1".into(), "e2".into()])
+                .await
+                .unwrap(),
+            HashSet::from(["e1".to_string()])
+        );
+        // The same outcome again: detected, nothing applied twice.
+        let r = s.commit(&batch).await.unwrap();
+        assert!(r.duplicates.contains(&("h".to_string(), "e1".to_string())));
+        assert_eq!(r.outbox_rows, 0);
+        assert_eq!(s.outbox_backlog().await.unwrap(), 1);
+        // Positions never move backwards.
+        s.commit(&Batch {
+            positions: vec![("h".into(), "in".into(), 0)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.position("h", "in").await.unwrap(), Some(a[0].seq));
+
+        // The relay moves the outbox row into the log, once.
+        let relayed = s.relay_outbox(100, 3).await.unwrap();
+        assert_eq!(relayed.len(), 1);
+        assert_eq!(relayed[0].topic, "out");
+        assert!(s.relay_outbox(100, 3).await.unwrap().is_empty());
+        assert_eq!(s.outbox_backlog().await.unwrap(), 0);
+        let out = s.read_log("out", 0, 10).await.unwrap();
+        assert_eq!(out[0].event.id, "out-1");
+    }
+
+    #[tokio::test]
+    async fn dead_letters_park_and_redrive() {
+        let (_d, s) = store().await;
+        let a = s.append(&[event("e1", "in", Some("k"))], 1).await.unwrap();
+        let record = s.read_seqs(&[a[0].seq]).await.unwrap().remove(0);
+        let at = now_ms();
+        let attempt = |n| AttemptRecord {
+            attempt: n,
+            outcome: "retryable".into(),
+            error: format!("boom {n}"),
+            version: "v1".into(),
+            at,
+        };
+        s.commit(&Batch {
+            failures: vec![("h".into(), "e1".into(), attempt(1))],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.attempts("h", "e1").await.unwrap(), vec![attempt(1)]);
+        let r = s
+            .commit(&Batch {
+                dead_letters: vec![DeadLetter {
+                    handler: "h".into(),
+                    version: "v1".into(),
+                    record: record.clone(),
+                    attempts: vec![attempt(1), attempt(2)],
+                    park: true,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let id = r.dlq_ids[0];
+        assert!(s.attempts("h", "e1").await.unwrap().is_empty());
+        assert_eq!(
+            s.parked_keys("h").await.unwrap(),
+            HashSet::from(["k".to_string()])
+        );
+        let entry = s.dlq_get(id).await.unwrap().unwrap();
+        assert_eq!(entry.record, record);
+        assert_eq!(entry.attempts.len(), 2);
+        assert_eq!(entry.error, "retryable: boom 2");
+        assert_eq!(
+            s.dlq_list(&DlqFilter {
+                handler: Some("h".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+            1
+        );
+        // Redrive: the processed record goes, the action is queued.
+        assert!(
+            s.processed_ids("h", &["e1".into()])
+                .await
+                .unwrap()
+                .contains("e1")
+        );
+        let entry = s.dlq_act(id, DlqAction::Redrive).await.unwrap();
+        assert_eq!(entry.status, DlqStatus::Redriven);
+        assert!(
+            s.processed_ids("h", &["e1".into()])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let actions = s.pending_actions("h").await.unwrap();
+        assert_eq!(actions.len(), 1);
+        assert_eq!(actions[0].action, DlqAction::Redrive);
+        assert!(matches!(
+            s.dlq_act(id, DlqAction::Discard).await,
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            s.dlq_act(999, DlqAction::Discard).await,
+            Err(Error::NotFound(_))
+        ));
+    }
+}
