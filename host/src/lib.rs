@@ -33,7 +33,9 @@
 
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod event;
 pub mod harness;
+pub mod pipeline;
 pub mod runtime;
 pub mod store;

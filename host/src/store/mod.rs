@@ -13,7 +13,7 @@
 
 pub mod sqlite;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -334,6 +334,10 @@ pub trait Store: Send + Sync + 'static {
     /// The failed attempts recorded for an event that is being retried.
     async fn attempts(&self, handler: &str, event_id: &str) -> Result<Vec<AttemptRecord>>;
 
+    /// Every event of `handler` with recorded failed attempts (events being
+    /// retried when the host stopped), by event id.
+    async fn pending_attempts(&self, handler: &str) -> Result<HashMap<String, Vec<AttemptRecord>>>;
+
     /// Commits a batch of outcomes in one transaction.
     async fn commit(&self, batch: &Batch) -> Result<CommitReport>;
 
@@ -344,8 +348,8 @@ pub trait Store: Send + Sync + 'static {
     /// Number of outbox rows not yet delivered.
     async fn outbox_backlog(&self) -> Result<i64>;
 
-    /// Keys of `handler` that are parked.
-    async fn parked_keys(&self, handler: &str) -> Result<HashSet<String>>;
+    /// Keys of `handler` that are parked, with the DLQ entry that parked each.
+    async fn parked_keys(&self, handler: &str) -> Result<HashMap<String, i64>>;
 
     /// Lists DLQ entries, oldest first.
     async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>>;

@@ -200,6 +200,20 @@ async fn append_in(
     Ok(out)
 }
 
+fn decode_attempt(r: &SqliteRow) -> Result<(String, AttemptRecord)> {
+    let attempt: i64 = r.try_get("attempt")?;
+    Ok((
+        r.try_get("event_id")?,
+        AttemptRecord {
+            attempt: u32::try_from(attempt).unwrap_or(0),
+            outcome: r.try_get("outcome")?,
+            error: r.try_get("error")?,
+            version: r.try_get("version")?,
+            at: r.try_get("at")?,
+        },
+    ))
+}
+
 fn decode_dlq(row: &SqliteRow) -> Result<DlqEntry> {
     let record: String = row.try_get("event")?;
     let attempts: String = row.try_get("attempts")?;
@@ -370,7 +384,7 @@ impl Store for SqliteStore {
 
     async fn attempts(&self, handler: &str, event_id: &str) -> Result<Vec<AttemptRecord>> {
         let rows = sqlx::query(
-            "SELECT attempt, outcome, error, version, at FROM attempts \
+            "SELECT event_id, attempt, outcome, error, version, at FROM attempts \
              WHERE handler = ? AND event_id = ? ORDER BY attempt",
         )
         .bind(handler)
@@ -378,17 +392,24 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                let attempt: i64 = r.try_get("attempt")?;
-                Ok(AttemptRecord {
-                    attempt: u32::try_from(attempt).unwrap_or(0),
-                    outcome: r.try_get("outcome")?,
-                    error: r.try_get("error")?,
-                    version: r.try_get("version")?,
-                    at: r.try_get("at")?,
-                })
-            })
+            .map(|r| decode_attempt(r).map(|(_, a)| a))
             .collect()
+    }
+
+    async fn pending_attempts(&self, handler: &str) -> Result<HashMap<String, Vec<AttemptRecord>>> {
+        let rows = sqlx::query(
+            "SELECT event_id, attempt, outcome, error, version, at FROM attempts \
+             WHERE handler = ? ORDER BY event_id, attempt",
+        )
+        .bind(handler)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: HashMap<String, Vec<AttemptRecord>> = HashMap::new();
+        for row in &rows {
+            let (id, attempt) = decode_attempt(row)?;
+            out.entry(id).or_default().push(attempt);
+        }
+        Ok(out)
     }
 
     async fn commit(&self, batch: &Batch) -> Result<CommitReport> {
@@ -620,12 +641,14 @@ impl Store for SqliteStore {
         )
     }
 
-    async fn parked_keys(&self, handler: &str) -> Result<HashSet<String>> {
-        let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM parked_keys WHERE handler = ?")
+    async fn parked_keys(&self, handler: &str) -> Result<HashMap<String, i64>> {
+        let rows = sqlx::query("SELECT key, dlq_id FROM parked_keys WHERE handler = ?")
             .bind(handler)
             .fetch_all(&self.pool)
             .await?;
-        Ok(keys.into_iter().collect())
+        rows.iter()
+            .map(|r| Ok((r.try_get("key")?, r.try_get("dlq_id")?)))
+            .collect()
     }
 
     async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>> {
@@ -890,6 +913,10 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(s.attempts("h", "e1").await.unwrap(), vec![attempt(1)]);
+        assert_eq!(
+            s.pending_attempts("h").await.unwrap(),
+            HashMap::from([("e1".to_string(), vec![attempt(1)])])
+        );
         let r = s
             .commit(&Batch {
                 dead_letters: vec![DeadLetter {
@@ -907,8 +934,9 @@ mod tests {
         assert!(s.attempts("h", "e1").await.unwrap().is_empty());
         assert_eq!(
             s.parked_keys("h").await.unwrap(),
-            HashSet::from(["k".to_string()])
+            HashMap::from([("k".to_string(), id)])
         );
+        assert!(s.pending_attempts("h").await.unwrap().is_empty());
         let entry = s.dlq_get(id).await.unwrap().unwrap();
         assert_eq!(entry.record, record);
         assert_eq!(entry.attempts.len(), 2);

@@ -1,0 +1,767 @@
+//! One handler's dispatcher: a single task that owns all of the handler's
+//! bookkeeping, so no locks are needed.
+//!
+//! * **Reading.** Each subscribed topic is read from the handler's own
+//!   position (fan-out: every handler sees every event). Events the type
+//!   filter rejects, and duplicates (an id already processed, or already in
+//!   flight), are skipped and counted.
+//! * **Ordering.** Events of one key run one at a time, in log order, and
+//!   the next starts only after the previous one's outcome has committed, so
+//!   it sees that outcome's state. Different keys, and keyless events, run
+//!   in parallel up to the handler's `concurrency`, each invocation on its
+//!   own task so that several cores are used.
+//! * **Failures.** Retryable outcomes (retryable errors, traps, timeouts)
+//!   are retried with exponential backoff and jitter, blocking only their
+//!   key; every failed attempt is recorded. Fatal outcomes, limits and the
+//!   last attempt go to the DLQ, after which the key goes on, or is parked
+//!   (its later events held back in order) until an operator redrives or
+//!   discards the entry.
+//! * **Commits.** Outcomes go to the [`Committer`] in batches; one commit is
+//!   in flight per handler, and what completes meanwhile forms the next
+//!   batch. The handler's position on a topic advances to just before the
+//!   oldest event that is not committed yet, in the same transaction.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{Committer, HandlerStats, Signals};
+use crate::config::{DeadLetterMode, HandlerConfig, PipelineConfig, StartFrom};
+use crate::runtime::{Handler, Invocation, Outcome, StateMap};
+use crate::store::{
+    self, AttemptRecord, Batch, CommitReport, DeadLetter, DlqAction, LogRecord, ParkedEvent,
+    Processed, Store, now_ms,
+};
+
+/// Where an item came from, which decides its bookkeeping.
+#[derive(Debug, Clone)]
+enum Origin {
+    /// Read from topic number `.0` of the subscription: it holds back the
+    /// handler's position until it is done.
+    Log(usize),
+    /// Run outside the log order (a redrive, or a parked event released
+    /// from its key). `finish` carries the rows to clean up once the last
+    /// item of the action is done.
+    Action { finish: Option<Finish> },
+}
+
+#[derive(Debug, Clone)]
+struct Finish {
+    action_id: i64,
+    unpark: Option<String>,
+}
+
+#[derive(Debug)]
+struct Item {
+    record: LogRecord,
+    attempt: u32,
+    failures: Vec<AttemptRecord>,
+    origin: Origin,
+}
+
+/// What to do once the batch an item is in has committed.
+#[derive(Debug)]
+struct Done {
+    origin: Origin,
+    seq: i64,
+    event_id: Option<String>,
+    key: Option<String>,
+    kind: DoneKind,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum DoneKind {
+    Processed,
+    DeadLettered {
+        park: bool,
+    },
+    /// Skipped or parked: only the position moves.
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Committing,
+}
+
+struct TopicCursor {
+    name: String,
+    /// Highest sequence number read.
+    fetched: i64,
+    /// Position last committed.
+    committed: i64,
+    /// Events read and not yet committed.
+    inflight: BTreeMap<i64, Phase>,
+}
+
+type Running = FuturesUnordered<tokio::task::JoinHandle<(Item, Result<Invocation, store::Error>)>>;
+
+/// A handler's dispatcher; see the module docs.
+pub struct Dispatcher {
+    cfg: HandlerConfig,
+    handler: Handler,
+    version: String,
+    store: Arc<dyn Store>,
+    committer: Committer,
+    signals: Signals,
+    stats: Arc<HandlerStats>,
+    fetch_batch: u32,
+    max_in_flight: usize,
+    poll: Duration,
+
+    topics: Vec<TopicCursor>,
+    /// Keys with an item running, committing or waiting for a retry; the
+    /// queue holds their later items, in order.
+    keys: HashMap<String, VecDeque<Item>>,
+    ready: VecDeque<Item>,
+    inflight_ids: HashSet<String>,
+    /// Failed attempts of events that were being retried at start-up.
+    restored: HashMap<String, Vec<AttemptRecord>>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    timer_items: HashMap<u64, Item>,
+    timer_seq: u64,
+    /// Parked keys and the DLQ entry that parked each.
+    parked: HashMap<String, i64>,
+    taken_actions: HashSet<i64>,
+    batch: Batch,
+    batch_done: Vec<Done>,
+}
+
+impl Dispatcher {
+    /// Prepares a dispatcher: reads its positions, parked keys and the
+    /// attempts of events that were being retried.
+    pub async fn new(
+        cfg: HandlerConfig,
+        handler: Handler,
+        store: Arc<dyn Store>,
+        committer: Committer,
+        signals: Signals,
+        stats: Arc<HandlerStats>,
+        pipeline: &PipelineConfig,
+    ) -> store::Result<Self> {
+        let mut topics = Vec::new();
+        let mut start_positions = Vec::new();
+        let last_seqs: HashMap<String, i64> = store
+            .topics()
+            .await?
+            .into_iter()
+            .map(|t| (t.name, t.last_seq))
+            .collect();
+        for name in &cfg.topics {
+            let position = match store.position(&cfg.name, name).await? {
+                Some(p) => p,
+                None => {
+                    let p = match cfg.start_from {
+                        StartFrom::Earliest => 0,
+                        StartFrom::Latest => last_seqs.get(name).copied().unwrap_or(0),
+                    };
+                    start_positions.push((cfg.name.clone(), name.clone(), p));
+                    p
+                }
+            };
+            topics.push(TopicCursor {
+                name: name.clone(),
+                fetched: position,
+                committed: position,
+                inflight: BTreeMap::new(),
+            });
+        }
+        if !start_positions.is_empty() {
+            // Pin where a new subscription starts, so that `latest` means
+            // the moment it was first deployed, not every restart.
+            store
+                .commit(&Batch {
+                    positions: start_positions,
+                    ..Default::default()
+                })
+                .await?;
+        }
+        let restored = store.pending_attempts(&cfg.name).await?;
+        let parked = store.parked_keys(&cfg.name).await?;
+        let version = handler.component().digest().to_owned();
+        Ok(Self {
+            handler,
+            version,
+            store,
+            committer,
+            signals,
+            stats,
+            fetch_batch: pipeline.fetch_batch.max(1),
+            max_in_flight: pipeline.max_in_flight.max(1),
+            poll: Duration::from_millis(pipeline.poll_interval_ms.max(10)),
+            topics,
+            keys: HashMap::new(),
+            ready: VecDeque::new(),
+            inflight_ids: HashSet::new(),
+            restored,
+            timers: BinaryHeap::new(),
+            timer_items: HashMap::new(),
+            timer_seq: 0,
+            parked,
+            taken_actions: HashSet::new(),
+            batch: Batch::default(),
+            batch_done: Vec::new(),
+            cfg,
+        })
+    }
+
+    fn in_flight(&self) -> usize {
+        self.topics.iter().map(|t| t.inflight.len()).sum()
+    }
+
+    /// Runs until `shutdown` turns true, then lets running invocations
+    /// finish and commit.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut log_rx = self.signals.log.subscribe();
+        let actions = self.signals.actions.clone();
+        let mut running: Running = FuturesUnordered::new();
+        let mut commit: Option<tokio::task::JoinHandle<Option<CommitReport>>> = None;
+        let mut committing: Vec<Done> = Vec::new();
+        let mut need_fetch = true;
+        let mut need_actions = true;
+        let mut stopping = false;
+        let mut poll = tokio::time::interval(self.poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            if !stopping {
+                // Actions touch parked rows: take them only when everything
+                // parked so far is committed.
+                if need_actions && commit.is_none() && self.batch.is_empty() {
+                    need_actions = false;
+                    self.take_actions().await;
+                }
+                while need_fetch && self.in_flight() < self.max_in_flight {
+                    need_fetch = self.fetch().await;
+                }
+                self.start_due_retries();
+                while running.len() < self.cfg.concurrency {
+                    let Some(item) = self.ready.pop_front() else {
+                        break;
+                    };
+                    running.push(self.invoke(item));
+                }
+            }
+            if commit.is_none() && !self.batch.is_empty() {
+                committing = std::mem::take(&mut self.batch_done);
+                let batch = self.take_batch();
+                let committer = self.committer.clone();
+                commit = Some(tokio::spawn(async move { committer.commit(batch).await }));
+            }
+            self.stats
+                .in_flight
+                .store(self.in_flight() as u64, Ordering::Relaxed);
+            if stopping && running.is_empty() && commit.is_none() && self.batch.is_empty() {
+                return;
+            }
+            let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
+            tokio::select! {
+                Some(joined) = running.next(), if !running.is_empty() => match joined {
+                    Ok((item, result)) => self.complete(item, result, stopping),
+                    Err(error) => tracing::error!(handler = %self.cfg.name, "invocation task failed: {error}"),
+                },
+                joined = join_commit(&mut commit), if commit.is_some() => {
+                    commit = None;
+                    match joined {
+                        Ok(Some(report)) => self.committed(std::mem::take(&mut committing), report),
+                        // The committer is gone: the host is stopping.
+                        Ok(None) | Err(_) => return,
+                    }
+                }
+                changed = log_rx.changed(), if !stopping => {
+                    if changed.is_ok() { need_fetch = true; }
+                }
+                _ = sleep_until(next_timer), if next_timer.is_some() && !stopping => {}
+                _ = poll.tick(), if !stopping => {
+                    need_fetch = true;
+                    need_actions = true;
+                }
+                _ = actions.notified(), if !stopping => need_actions = true,
+                _ = shutdown.changed(), if !stopping => stopping = true,
+            }
+        }
+    }
+
+    /// Reads the next events of every topic; `true` when a read was full
+    /// (there is likely more).
+    async fn fetch(&mut self) -> bool {
+        let mut more = false;
+        for t in 0..self.topics.len() {
+            let room = self.max_in_flight.saturating_sub(self.in_flight());
+            if room == 0 {
+                return false;
+            }
+            let limit = self
+                .fetch_batch
+                .min(u32::try_from(room).unwrap_or(u32::MAX));
+            let cursor = &self.topics[t];
+            let records = match self
+                .store
+                .read_log(&cursor.name, cursor.fetched, limit)
+                .await
+            {
+                Ok(records) => records,
+                Err(error) => {
+                    tracing::error!(handler = %self.cfg.name, topic = %cursor.name, "reading the log failed: {error}");
+                    return false;
+                }
+            };
+            if records.len() as u32 >= limit {
+                more = true;
+            }
+            let ids: Vec<String> = records
+                .iter()
+                .filter(|r| self.cfg.accepts(&r.event.ty))
+                .map(|r| r.event.id.clone())
+                .collect();
+            let processed = match self.store.processed_ids(&self.cfg.name, &ids).await {
+                Ok(p) => p,
+                Err(error) => {
+                    tracing::error!(handler = %self.cfg.name, "reading processed ids failed: {error}");
+                    return false;
+                }
+            };
+            for record in records {
+                let seq = record.seq;
+                let cursor = &mut self.topics[t];
+                cursor.fetched = seq;
+                cursor.inflight.insert(seq, Phase::Running);
+                self.stats.read_seq.fetch_max(seq, Ordering::Relaxed);
+                let event = &record.event;
+                if !self.cfg.accepts(&event.ty) {
+                    self.stats.filtered.fetch_add(1, Ordering::Relaxed);
+                    self.skip(Origin::Log(t), seq);
+                    continue;
+                }
+                if processed.contains(&event.id) || self.inflight_ids.contains(&event.id) {
+                    tracing::debug!(handler = %self.cfg.name, event = %event.id, "duplicate skipped");
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    self.skip(Origin::Log(t), seq);
+                    continue;
+                }
+                if let Some(key) = &event.key
+                    && self.parked.contains_key(key)
+                {
+                    self.park(Origin::Log(t), &record);
+                    continue;
+                }
+                self.inflight_ids.insert(event.id.clone());
+                let failures = self.restored.remove(&event.id).unwrap_or_default();
+                let attempt = failures.len() as u32 + 1;
+                self.submit(Item {
+                    record,
+                    attempt,
+                    failures,
+                    origin: Origin::Log(t),
+                });
+            }
+        }
+        more
+    }
+
+    fn skip(&mut self, origin: Origin, seq: i64) {
+        self.mark_committing(&origin, seq);
+        self.batch_done.push(Done {
+            origin,
+            seq,
+            event_id: None,
+            key: None,
+            kind: DoneKind::Skipped,
+        });
+    }
+
+    fn park(&mut self, origin: Origin, record: &LogRecord) {
+        let Some(key) = &record.event.key else {
+            return;
+        };
+        tracing::info!(handler = %self.cfg.name, event = %record.event.id, %key, "event held back: its key is parked");
+        self.stats.parked.fetch_add(1, Ordering::Relaxed);
+        self.batch.parked.push(ParkedEvent {
+            handler: self.cfg.name.clone(),
+            key: key.clone(),
+            topic: record.event.topic.clone(),
+            seq: record.seq,
+        });
+        self.skip(origin, record.seq);
+    }
+
+    fn mark_committing(&mut self, origin: &Origin, seq: i64) {
+        if let Origin::Log(t) = origin
+            && let Some(phase) = self.topics[*t].inflight.get_mut(&seq)
+        {
+            *phase = Phase::Committing;
+        }
+    }
+
+    /// Queues an item behind its key, or makes it ready.
+    fn submit(&mut self, item: Item) {
+        match item.record.event.key.clone() {
+            None => self.ready.push_back(item),
+            Some(key) => match self.keys.get_mut(&key) {
+                Some(queue) => queue.push_back(item),
+                None => {
+                    self.keys.insert(key, VecDeque::new());
+                    self.ready.push_back(item);
+                }
+            },
+        }
+    }
+
+    /// The key's current item is done: start its next one.
+    fn release(&mut self, key: &str) {
+        if let Some(queue) = self.keys.get_mut(key) {
+            match queue.pop_front() {
+                Some(next) => self.ready.push_back(next),
+                None => {
+                    self.keys.remove(key);
+                }
+            }
+        }
+    }
+
+    fn invoke(
+        &self,
+        item: Item,
+    ) -> tokio::task::JoinHandle<(Item, Result<Invocation, store::Error>)> {
+        let store = self.store.clone();
+        let handler = self.handler.clone();
+        tokio::spawn(async move {
+            let state = match &item.record.event.key {
+                Some(key) => match store.load_state(handler.name(), key).await {
+                    Ok(state) => state,
+                    Err(error) => return (item, Err(error)),
+                },
+                None => StateMap::new(),
+            };
+            let invocation = handler
+                .invoke(&item.record.event, item.attempt, state)
+                .await;
+            (item, Ok(invocation))
+        })
+    }
+
+    fn complete(
+        &mut self,
+        mut item: Item,
+        result: Result<Invocation, store::Error>,
+        stopping: bool,
+    ) {
+        let invocation = match result {
+            Ok(invocation) => invocation,
+            Err(error) => {
+                // Not the handler's fault: try again without counting it.
+                tracing::error!(handler = %self.cfg.name, event = %item.record.event.id, "loading state failed: {error}");
+                if !stopping {
+                    self.schedule(item, Duration::from_secs(1));
+                }
+                return;
+            }
+        };
+        let event = &item.record.event;
+        let key = event.key.clone();
+        match &invocation.outcome {
+            Outcome::Ok => {
+                tracing::debug!(
+                    handler = %self.cfg.name,
+                    event = %event.id,
+                    key = key.as_deref().unwrap_or("-"),
+                    attempt = item.attempt,
+                    emitted = invocation.emitted.len(),
+                    elapsed_us = invocation.elapsed.as_micros() as u64,
+                    "processed"
+                );
+                self.batch.processed.push(Processed {
+                    handler: self.cfg.name.clone(),
+                    version: self.version.clone(),
+                    topic: event.topic.clone(),
+                    seq: item.record.seq,
+                    event_id: event.id.clone(),
+                    attempts: item.attempt,
+                    key: key.clone(),
+                    state_changes: invocation.state_changes,
+                    emitted: invocation.emitted,
+                });
+                self.finish(item, DoneKind::Processed);
+            }
+            failed => {
+                let message = match failed {
+                    Outcome::Retryable { message }
+                    | Outcome::Fatal { message }
+                    | Outcome::Trap { message }
+                    | Outcome::Timeout { message }
+                    | Outcome::Limit { message, .. } => message.clone(),
+                    Outcome::Ok => String::new(),
+                };
+                let record = AttemptRecord {
+                    attempt: item.attempt,
+                    outcome: failed.kind().to_owned(),
+                    error: message,
+                    version: self.version.clone(),
+                    at: now_ms(),
+                };
+                let retry = failed.is_retryable() && item.attempt < self.cfg.retry.max_attempts;
+                if retry && !stopping {
+                    let delay = self.cfg.retry.backoff(item.attempt + 1);
+                    tracing::warn!(
+                        handler = %self.cfg.name,
+                        event = %event.id,
+                        attempt = item.attempt,
+                        outcome = failed.kind(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "attempt failed: {}",
+                        record.error
+                    );
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    self.batch.failures.push((
+                        self.cfg.name.clone(),
+                        event.id.clone(),
+                        record.clone(),
+                    ));
+                    item.failures.push(record);
+                    item.attempt += 1;
+                    self.schedule(item, delay);
+                } else if retry {
+                    // Stopping: record the attempt; the next start retries.
+                    self.batch
+                        .failures
+                        .push((self.cfg.name.clone(), event.id.clone(), record));
+                } else {
+                    let park = self.cfg.on_dead_letter == DeadLetterMode::Park && key.is_some();
+                    tracing::warn!(
+                        handler = %self.cfg.name,
+                        event = %event.id,
+                        attempt = item.attempt,
+                        outcome = failed.kind(),
+                        park,
+                        "dead-lettered: {}",
+                        record.error
+                    );
+                    item.failures.push(record);
+                    self.batch.dead_letters.push(DeadLetter {
+                        handler: self.cfg.name.clone(),
+                        version: self.version.clone(),
+                        record: item.record.clone(),
+                        attempts: std::mem::take(&mut item.failures),
+                        park,
+                    });
+                    self.finish(item, DoneKind::DeadLettered { park });
+                }
+            }
+        }
+    }
+
+    /// The item has a final outcome in the current batch.
+    fn finish(&mut self, item: Item, kind: DoneKind) {
+        self.mark_committing(&item.origin, item.record.seq);
+        if let Origin::Action {
+            finish: Some(finish),
+        } = &item.origin
+        {
+            self.add_finish(finish.clone());
+        }
+        self.batch_done.push(Done {
+            seq: item.record.seq,
+            event_id: Some(item.record.event.id),
+            key: item.record.event.key,
+            origin: item.origin,
+            kind,
+        });
+    }
+
+    fn add_finish(&mut self, finish: Finish) {
+        self.batch.actions_done.push(finish.action_id);
+        if let Some(key) = finish.unpark {
+            self.batch.unparked.push((self.cfg.name.clone(), key));
+        }
+    }
+
+    fn schedule(&mut self, item: Item, delay: Duration) {
+        self.timer_seq += 1;
+        self.timers
+            .push(Reverse((Instant::now() + delay, self.timer_seq)));
+        self.timer_items.insert(self.timer_seq, item);
+    }
+
+    fn start_due_retries(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(item) = self.timer_items.remove(&id) {
+                // The key is still held by this item: run it directly.
+                self.ready.push_back(item);
+            }
+        }
+    }
+
+    /// Moves the batch out, with the positions it makes durable.
+    fn take_batch(&mut self) -> Batch {
+        let mut batch = std::mem::take(&mut self.batch);
+        for t in &mut self.topics {
+            let position = t
+                .inflight
+                .iter()
+                .find(|(_, phase)| **phase == Phase::Running)
+                .map(|(seq, _)| seq - 1)
+                .unwrap_or(t.fetched);
+            if position > t.committed {
+                batch
+                    .positions
+                    .push((self.cfg.name.clone(), t.name.clone(), position));
+                t.committed = position;
+            }
+        }
+        batch
+    }
+
+    /// A batch is durable: account for it and release its keys.
+    fn committed(&mut self, done: Vec<Done>, report: CommitReport) {
+        // Dead letters were added to the batch in the order of their `Done`s.
+        let mut dlq_ids = report.dlq_ids.iter().copied();
+        for d in done {
+            if let Origin::Log(t) = d.origin {
+                self.topics[t].inflight.remove(&d.seq);
+            }
+            if let Some(id) = &d.event_id {
+                self.inflight_ids.remove(id);
+            }
+            match d.kind {
+                DoneKind::Processed => {
+                    let duplicate = d.event_id.as_ref().is_some_and(|id| {
+                        report
+                            .duplicates
+                            .contains(&(self.cfg.name.clone(), id.clone()))
+                    });
+                    if duplicate {
+                        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.stats.processed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                DoneKind::DeadLettered { park } => {
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    let dlq_id = dlq_ids.next().unwrap_or(0);
+                    if park
+                        && dlq_id > 0
+                        && let Some(key) = &d.key
+                    {
+                        self.park_key(key, dlq_id);
+                        continue;
+                    }
+                }
+                DoneKind::Skipped => {}
+            }
+            if let Some(key) = &d.key {
+                self.release(key);
+            }
+        }
+    }
+
+    /// After a dead letter in park mode: hold back the key's queued events.
+    fn park_key(&mut self, key: &str, dlq_id: i64) {
+        self.parked.insert(key.to_owned(), dlq_id);
+        if let Some(queue) = self.keys.remove(key) {
+            for item in queue {
+                self.inflight_ids.remove(&item.record.event.id);
+                self.park(item.origin, &item.record);
+            }
+        }
+    }
+
+    /// Carries out operator actions on this handler's DLQ entries.
+    async fn take_actions(&mut self) {
+        let actions = match self.store.pending_actions(&self.cfg.name).await {
+            Ok(actions) => actions,
+            Err(error) => {
+                tracing::error!(handler = %self.cfg.name, "reading DLQ actions failed: {error}");
+                return;
+            }
+        };
+        for action in actions {
+            if !self.taken_actions.insert(action.id) {
+                continue;
+            }
+            let entry = action.entry;
+            let unpark = entry
+                .record
+                .event
+                .key
+                .clone()
+                .filter(|k| self.parked.get(k) == Some(&entry.id));
+            let mut records = Vec::new();
+            if action.action == DlqAction::Redrive {
+                tracing::info!(handler = %self.cfg.name, dlq = entry.id, event = %entry.record.event.id, "redriving");
+                records.push(entry.record.clone());
+            }
+            if let Some(key) = &unpark {
+                match self.store.parked_events(&self.cfg.name, key).await {
+                    Ok(held) => records.extend(held),
+                    Err(error) => {
+                        tracing::error!(handler = %self.cfg.name, "reading parked events failed: {error}");
+                        self.taken_actions.remove(&action.id);
+                        return;
+                    }
+                }
+                self.parked.remove(key);
+                tracing::info!(handler = %self.cfg.name, %key, held = records.len(), "key released");
+            }
+            // Skip what was already processed (a restart in the middle).
+            let ids: Vec<String> = records.iter().map(|r| r.event.id.clone()).collect();
+            let processed = match self.store.processed_ids(&self.cfg.name, &ids).await {
+                Ok(p) => p,
+                Err(error) => {
+                    tracing::error!(handler = %self.cfg.name, "reading processed ids failed: {error}");
+                    self.taken_actions.remove(&action.id);
+                    return;
+                }
+            };
+            records.retain(|r| !processed.contains(&r.event.id));
+            let finish = Finish {
+                action_id: action.id,
+                unpark,
+            };
+            let count = records.len();
+            if count == 0 {
+                self.add_finish(finish);
+                continue;
+            }
+            for (i, record) in records.into_iter().enumerate() {
+                let failures = Vec::new();
+                self.submit(Item {
+                    record,
+                    attempt: 1,
+                    failures,
+                    origin: Origin::Action {
+                        finish: (i + 1 == count).then(|| finish.clone()),
+                    },
+                });
+            }
+        }
+    }
+}
+
+async fn join_commit(
+    commit: &mut Option<tokio::task::JoinHandle<Option<CommitReport>>>,
+) -> Result<Option<CommitReport>, tokio::task::JoinError> {
+    match commit {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
