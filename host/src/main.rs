@@ -7,7 +7,13 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use sluice::harness::{self, Harness, RunOptions, TestEvent};
-use sluice::runtime::{Limits, RuntimeConfig};
+use std::sync::Arc;
+
+use sluice::admin;
+use sluice::config::Config;
+use sluice::pipeline::{Pipeline, Signals};
+use sluice::runtime::{Limits, Runtime, RuntimeConfig};
+use sluice::store::{self, StoreOptions};
 
 /// Sluice: event handlers as sandboxed WebAssembly components.
 #[derive(Parser)]
@@ -19,10 +25,50 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the host: the admin API, the handlers, the relay. Stops
+    /// gracefully on Ctrl-C or SIGTERM.
+    Run(RunArgs),
+    /// Append an event to a topic through the admin API.
+    Publish(PublishArgs),
     /// Run a handler component against one event (or a sequence of events)
     /// and print the outcome,
     /// emitted events, state writes and logs as JSON.
     Test(TestArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Configuration file. Without it, `./sluice.toml` if present, else the
+    /// embedded defaults (SQLite under `./.sluice`, admin on 127.0.0.1:8080).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    /// Topic to append to.
+    topic: String,
+    /// Event type.
+    #[arg(long = "type", short = 't')]
+    ty: String,
+    /// Ordering key.
+    #[arg(long, short)]
+    key: Option<String>,
+    /// Event id (default: generated).
+    #[arg(long)]
+    id: Option<String>,
+    /// Payload, as JSON.
+    #[arg(long, short)]
+    data: Option<String>,
+    /// Payload schema or version (CloudEvents `dataschema`).
+    #[arg(long)]
+    data_schema: Option<String>,
+    /// Header / extension attribute, `name=value`; repeatable.
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// Admin API base URL.
+    #[arg(long, env = "SLUICE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
 }
 
 #[derive(clap::Args)]
@@ -68,15 +114,22 @@ fn default_cache_dir() -> Option<PathBuf> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The host tells what it does; the one-shot commands only warn.
+    let default_filter = match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
         Command::Test(args) => run_test(args),
+        Command::Run(args) => async_main(run_host(args)),
+        Command::Publish(args) => async_main(publish(args)),
     };
     match result {
         Ok(code) => code,
@@ -85,6 +138,130 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn async_main(
+    fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(fut)
+}
+
+async fn run_host(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let path = args
+        .config
+        .or_else(|| Some(PathBuf::from("sluice.toml")).filter(|p| p.exists()));
+    let mut config = match &path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if config.runtime.cache_dir.is_none() {
+        config.runtime.cache_dir = Some(PathBuf::from(".sluice/cache"));
+    }
+    tracing::info!(
+        config = %path.as_ref().map_or("(embedded defaults)".into(), |p| p.display().to_string()),
+        store = %config.store.url,
+        "starting sluice"
+    );
+    let store = store::open(
+        &config.store.url,
+        &StoreOptions {
+            synchronous: config.store.synchronous,
+            max_connections: config.store.max_connections,
+        },
+    )
+    .await
+    .with_context(|| format!("opening the store {}", config.store.url))?;
+    let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
+    let signals = Signals::new();
+    let pipeline = Pipeline::start(&config, store.clone(), runtime, signals.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(config.admin.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.admin.addr))?;
+    tracing::info!("admin API listening on http://{}", listener.local_addr()?);
+    let state = admin::AppState {
+        store,
+        signals,
+        default_partitions: config.pipeline.default_partitions,
+        max_body_bytes: config.admin.max_body_bytes,
+        stats: Arc::new(pipeline.stats.clone().into_iter().collect()),
+    };
+    admin::serve(listener, admin::app(state), shutdown_signal())
+        .await
+        .context("admin API server failed")?;
+    tracing::info!("shutting down: finishing in-flight events");
+    pipeline.shutdown().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let mut body = serde_json::json!({ "type": args.ty });
+    if let Some(id) = args.id {
+        body["id"] = id.into();
+    }
+    if let Some(key) = args.key {
+        body["key"] = key.into();
+    }
+    if let Some(schema) = args.data_schema {
+        body["data_schema"] = schema.into();
+    }
+    if let Some(data) = args.data {
+        body["data"] = serde_json::from_str(&data).context("--data is not valid JSON")?;
+    }
+    let mut headers = serde_json::Map::new();
+    for h in args.headers {
+        let (name, value) = h
+            .split_once('=')
+            .with_context(|| format!("--header {h:?} is not name=value"))?;
+        headers.insert(name.to_owned(), value.into());
+    }
+    if !headers.is_empty() {
+        body["headers"] = headers.into();
+    }
+    let url = format!(
+        "{}/v1/topics/{}/events",
+        args.url.trim_end_matches('/'),
+        args.topic
+    );
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("{status}: {text}");
+    }
+    println!("{text}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_test(args: TestArgs) -> anyhow::Result<ExitCode> {

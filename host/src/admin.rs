@@ -1,0 +1,396 @@
+//! The admin HTTP API (axum). [`app`] builds the router from an
+//! [`AppState`]; [`serve`] runs it until a shutdown future resolves, then
+//! finishes the requests in progress.
+//!
+//! Every error is JSON `{"error": <kind>, "detail": <what was wrong>}` with
+//! a fitting status code.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::valid_topic_name;
+use crate::event::{Event, valid_header_name};
+use crate::pipeline::{HandlerStats, Signals};
+use crate::store::{self, DlqAction, DlqFilter, DlqStatus, LogRecord, Store};
+
+/// What the handlers of the API share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Signals of the running pipeline (appends wake dispatchers).
+    pub signals: Signals,
+    /// Partitions of topics created on first append.
+    pub default_partitions: u32,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Counters of the running handlers.
+    pub stats: Arc<BTreeMap<String, Arc<HandlerStats>>>,
+}
+
+/// An API error: status, kind and detail.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.kind, "detail": self.detail})),
+        )
+            .into_response()
+    }
+}
+
+impl From<store::Error> for ApiError {
+    fn from(e: store::Error) -> Self {
+        match e {
+            store::Error::NotFound(what) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
+            store::Error::Conflict(detail) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", detail)
+            }
+            other => {
+                tracing::error!("store error in the admin API: {other}");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    other.to_string(),
+                )
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The router of the admin API.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/topics", get(list_topics))
+        .route(
+            "/v1/topics/{topic}/events",
+            post(append_events).get(read_events),
+        )
+        .route("/v1/handlers", get(list_handlers))
+        .route("/v1/dlq", get(list_dlq))
+        .route("/v1/dlq/{id}", get(get_dlq).delete(discard_dlq))
+        .route("/v1/dlq/{id}/redrive", post(redrive_dlq))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets the
+/// requests in progress finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn list_topics(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let topics = state.store.topics().await?;
+    Ok(Json(json!({ "topics": topics })))
+}
+
+/// One event in an append request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewEvent {
+    id: Option<String>,
+    #[serde(rename = "type")]
+    ty: String,
+    key: Option<String>,
+    source: Option<String>,
+    time: Option<String>,
+    data: Option<Value>,
+    data_base64: Option<String>,
+    content_type: Option<String>,
+    data_schema: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+impl NewEvent {
+    fn into_event(self, topic: &str, index: usize) -> Result<Event, String> {
+        use base64::Engine as _;
+        let at = |m: String| format!("event {index}: {m}");
+        if self.ty.trim().is_empty() {
+            return Err(at("`type` must not be empty".into()));
+        }
+        let id = match self.id {
+            Some(id) if id.is_empty() || id.len() > 256 => {
+                return Err(at("`id` must have 1 to 256 characters".into()));
+            }
+            Some(id) => id,
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        if self.key.as_ref().is_some_and(|k| k.len() > 1024) {
+            return Err(at("`key` is longer than 1024 bytes".into()));
+        }
+        let (data, content_type) = match (self.data, self.data_base64) {
+            (Some(_), Some(_)) => {
+                return Err(at("give `data` or `data_base64`, not both".into()));
+            }
+            (Some(value), None) => (
+                serde_json::to_vec(&value).map_err(|e| at(e.to_string()))?,
+                Some(
+                    self.content_type
+                        .unwrap_or_else(|| "application/json".into()),
+                ),
+            ),
+            (None, Some(b64)) => (
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| at(format!("`data_base64` is not base64: {e}")))?,
+                self.content_type,
+            ),
+            (None, None) => (Vec::new(), self.content_type),
+        };
+        let mut headers = BTreeMap::new();
+        for (name, value) in self.headers {
+            let name = name.to_ascii_lowercase();
+            if !valid_header_name(&name) {
+                return Err(at(format!("header name {name:?} is not valid")));
+            }
+            headers.insert(name, value);
+        }
+        Ok(Event {
+            id,
+            source: self.source.unwrap_or_else(|| "/sluice/api".into()),
+            ty: self.ty,
+            time: Some(self.time.unwrap_or_else(|| {
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            })),
+            content_type,
+            data_schema: self.data_schema,
+            data,
+            headers,
+            key: self.key,
+            topic: topic.to_owned(),
+        })
+    }
+}
+
+async fn append_events(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if !valid_topic_name(&topic) {
+        return Err(ApiError::bad_request(format!(
+            "topic name {topic:?} is not valid: letters, digits, '.', '_' and '-'"
+        )));
+    }
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?;
+    let items: Vec<Value> = match value {
+        Value::Array(items) => items,
+        single => vec![single],
+    };
+    if items.is_empty() {
+        return Err(ApiError::bad_request("no events in the request"));
+    }
+    let mut events = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let new: NewEvent = serde_json::from_value(item)
+            .map_err(|e| ApiError::bad_request(format!("event {index}: {e}")))?;
+        events.push(
+            new.into_event(&topic, index)
+                .map_err(ApiError::bad_request)?,
+        );
+    }
+    let appended = state
+        .store
+        .append(&events, state.default_partitions)
+        .await?;
+    if let Some(last) = appended.iter().map(|a| a.seq).max() {
+        state.signals.appended(last);
+    }
+    let ids: Vec<&str> = appended.iter().map(|a| a.id.as_str()).collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "ids": ids, "events": appended })),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadParams {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// A log record as the API shows it: the payload as JSON when it is JSON,
+/// otherwise as `data_base64`.
+pub fn record_json(r: &LogRecord) -> Value {
+    use base64::Engine as _;
+    let e = &r.event;
+    let mut v = json!({
+        "seq": r.seq,
+        "partition": r.partition,
+        "offset": r.offset,
+        "appended_at": r.appended_at,
+        "id": e.id,
+        "source": e.source,
+        "type": e.ty,
+        "time": e.time,
+        "topic": e.topic,
+        "key": e.key,
+        "content_type": e.content_type,
+        "data_schema": e.data_schema,
+        "headers": e.headers,
+    });
+    let is_json = e
+        .content_type
+        .as_deref()
+        .is_none_or(|ct| ct.contains("json"));
+    let decoded = is_json
+        .then(|| serde_json::from_slice::<Value>(&e.data).ok())
+        .flatten();
+    if let Value::Object(map) = &mut v {
+        match decoded {
+            Some(data) => map.insert("data".into(), data),
+            None => map.insert(
+                "data_base64".into(),
+                Value::String(base64::engine::general_purpose::STANDARD.encode(&e.data)),
+            ),
+        };
+    }
+    v
+}
+
+async fn read_events(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    Query(params): Query<ReadParams>,
+) -> ApiResult<Json<Value>> {
+    let after = params.after.unwrap_or(0);
+    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    let records = state.store.read_log(&topic, after, limit).await?;
+    let next = records.last().map_or(after, |r| r.seq);
+    let events: Vec<Value> = records.iter().map(record_json).collect();
+    Ok(Json(json!({ "events": events, "next_after": next })))
+}
+
+async fn list_handlers(State(state): State<AppState>) -> Json<Value> {
+    let handlers: BTreeMap<&String, _> = state
+        .stats
+        .iter()
+        .map(|(name, stats)| (name, stats.snapshot()))
+        .collect();
+    Json(json!({ "handlers": handlers }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DlqParams {
+    handler: Option<String>,
+    topic: Option<String>,
+    status: Option<DlqStatus>,
+    limit: Option<u32>,
+    cursor: Option<i64>,
+}
+
+fn dlq_json(entry: &store::DlqEntry) -> Value {
+    json!({
+        "id": entry.id,
+        "handler": entry.handler,
+        "version": entry.version,
+        "status": entry.status,
+        "error": entry.error,
+        "attempts": entry.attempts,
+        "created_at": entry.created_at,
+        "updated_at": entry.updated_at,
+        "event": record_json(&entry.record),
+    })
+}
+
+async fn list_dlq(
+    State(state): State<AppState>,
+    Query(params): Query<DlqParams>,
+) -> ApiResult<Json<Value>> {
+    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = state
+        .store
+        .dlq_list(&DlqFilter {
+            handler: params.handler,
+            topic: params.topic,
+            status: params.status,
+            after: params.cursor,
+            limit: Some(limit),
+        })
+        .await?;
+    let next_cursor = (entries.len() as u32 == limit)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
+    let entries: Vec<Value> = entries.iter().map(dlq_json).collect();
+    Ok(Json(
+        json!({ "entries": entries, "next_cursor": next_cursor }),
+    ))
+}
+
+async fn get_dlq(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    let entry = state
+        .store
+        .dlq_get(id)
+        .await?
+        .ok_or_else(|| ApiError::from(store::Error::NotFound(format!("DLQ entry {id}"))))?;
+    Ok(Json(dlq_json(&entry)))
+}
+
+async fn redrive_dlq(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    let entry = state.store.dlq_act(id, DlqAction::Redrive).await?;
+    state.signals.actions.notify_waiters();
+    Ok(Json(dlq_json(&entry)))
+}
+
+async fn discard_dlq(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    let entry = state.store.dlq_act(id, DlqAction::Discard).await?;
+    state.signals.actions.notify_waiters();
+    Ok(Json(dlq_json(&entry)))
+}
