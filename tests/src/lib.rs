@@ -12,6 +12,7 @@ pub const GUESTS: &[&str] = &[
     "payments",
     "hostile",
     "other-world",
+    "chain",
 ];
 
 /// The workspace root.
