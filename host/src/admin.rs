@@ -106,6 +106,7 @@ pub fn app(state: AppState) -> Router {
             post(append_events).get(read_events),
         )
         .route("/v1/handlers", get(list_handlers))
+        .route("/v1/handlers/{name}/state/{key}", get(get_state))
         .route("/v1/dlq", get(list_dlq))
         .route("/v1/dlq/{id}", get(get_dlq).delete(discard_dlq))
         .route("/v1/dlq/{id}/redrive", post(redrive_dlq))
@@ -324,6 +325,20 @@ async fn list_handlers(State(state): State<AppState>) -> Json<Value> {
         .map(|(name, stats)| (name, stats.snapshot()))
         .collect();
     Json(json!({ "handlers": handlers }))
+}
+
+async fn get_state(
+    State(state): State<AppState>,
+    Path((name, key)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let fields = state.store.load_state(&name, &key).await?;
+    let fields: serde_json::Map<String, Value> = fields
+        .iter()
+        .map(|(k, v)| (k.clone(), crate::harness::encode_bytes(v)))
+        .collect();
+    Ok(Json(
+        json!({ "handler": name, "key": key, "state": fields }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

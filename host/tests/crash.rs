@@ -1,0 +1,291 @@
+//! Crash safety: `sluice run` is killed with SIGKILL again and again while a
+//! workload flows through a chain of two handlers, and restarted each time.
+//! At the end a ledger must hold: every input's effects (state entries and
+//! emitted events) exist exactly once, in per-key order.
+//!
+//! The publisher behaves like a real producer: when a request fails because
+//! the host died, it sends the same events (same ids) again once the host is
+//! back, so the log holds duplicates that the pipeline must absorb.
+
+// Test helpers panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const KEYS: u64 = 8;
+const EVENTS: u64 = 1200;
+const BATCH: u64 = 20;
+/// How long each incarnation of the host lives before SIGKILL, in ms.
+const LIFETIMES_MS: &[u64] = &[700, 350, 1100, 200, 900, 500, 1500, 300];
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Host {
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Host {
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap(); // SIGKILL on Unix
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn wait_healthy(client: &reqwest::Client, base: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the host did not come up:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+fn input(i: u64) -> Value {
+    json!({
+        "id": format!("in-{i}"),
+        "type": "step.a",
+        "key": format!("k{}", i % KEYS),
+        "data": {"n": i / KEYS},
+    })
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+async fn topic_events(client: &reqwest::Client, base: &str, topic: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = get_json(
+            client,
+            &format!("{base}/v1/topics/{topic}/events?after={after}&limit=1000"),
+        )
+        .await;
+        let events = page["events"].as_array().unwrap().clone();
+        if events.is_empty() {
+            return out;
+        }
+        after = page["next_after"].as_i64().unwrap();
+        out.extend(events);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_nothing_and_duplicates_nothing() {
+    let chain = sluice::harness::build_components(
+        workspace(),
+        &["chain"],
+        &workspace().join("target").join("guests"),
+    )
+    .unwrap()
+    .remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[store]
+url = "sqlite://{db}"
+
+[admin]
+addr = "127.0.0.1:{port}"
+
+[runtime]
+cache_dir = "{cache}"
+
+[pipeline]
+poll_interval_ms = 100
+
+[[handlers]]
+name = "first"
+component = "{chain}"
+topics = ["in"]
+types = ["step.a"]
+
+[[handlers]]
+name = "second"
+component = "{chain}"
+topics = ["mid"]
+types = ["step.b"]
+"#,
+            db = dir.path().join("sluice.db").display(),
+            cache = dir.path().join("cache").display(),
+            chain = chain.display(),
+        ),
+    )
+    .unwrap();
+    let mut host = Host {
+        config,
+        log: dir.path().join("host.log"),
+        child: None,
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+
+    // Publish in batches while the host is killed and restarted.
+    let mut next = 0u64;
+    let mut resent = 0u64;
+    for lifetime in LIFETIMES_MS {
+        host.spawn();
+        wait_healthy(&client, &base, &host.log).await;
+        let until = Instant::now() + Duration::from_millis(*lifetime);
+        let mut failed_batch = false;
+        while Instant::now() < until && next < EVENTS {
+            let batch: Vec<Value> = (next..(next + BATCH).min(EVENTS)).map(input).collect();
+            match client
+                .post(format!("{base}/v1/topics/in/events"))
+                .json(&batch)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => next += batch.len() as u64,
+                _ => {
+                    failed_batch = true;
+                    break;
+                }
+            }
+        }
+        // The killer: a real SIGKILL, mid-stream.
+        host.kill();
+        if failed_batch {
+            resent += 1;
+        }
+        // A batch sent just before the kill may or may not have committed:
+        // send it again (same ids) as a producer would.
+        next = next.saturating_sub(BATCH);
+        resent += 1;
+    }
+    // Last incarnation: publish the rest and let it drain.
+    host.spawn();
+    wait_healthy(&client, &base, &host.log).await;
+    while next < EVENTS {
+        let batch: Vec<Value> = (next..(next + BATCH).min(EVENTS)).map(input).collect();
+        let r = client
+            .post(format!("{base}/v1/topics/in/events"))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        next += batch.len() as u64;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let handlers = get_json(&client, &format!("{base}/v1/handlers")).await;
+        let out = topic_events(&client, &base, "out").await;
+        let idle = handlers["handlers"]["first"]["in_flight"] == 0
+            && handlers["handlers"]["second"]["in_flight"] == 0;
+        if out.len() as u64 >= EVENTS && idle {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not drain: {} of {EVENTS} out events; {handlers}",
+            out.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The ledger.
+    let inputs = topic_events(&client, &base, "in").await;
+    assert!(
+        inputs.len() as u64 >= EVENTS,
+        "the input log has every event (and resent duplicates)"
+    );
+    let mut expected: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for i in 0..EVENTS {
+        expected
+            .entry(format!("k{}", i % KEYS))
+            .or_default()
+            .push(i / KEYS);
+    }
+    for (key, list) in &expected {
+        for (handler, field) in [("first", "a"), ("second", "b")] {
+            let state = get_json(
+                &client,
+                &format!("{base}/v1/handlers/{handler}/state/{key}"),
+            )
+            .await;
+            let seen: Vec<u64> = serde_json::from_value(state["state"][field].clone()).unwrap();
+            assert_eq!(
+                &seen, list,
+                "state of {handler} for {key}: exactly once, in order"
+            );
+        }
+    }
+    for topic in ["mid", "out"] {
+        let events = topic_events(&client, &base, topic).await;
+        assert_eq!(events.len() as u64, EVENTS, "{topic}: one event per input");
+        let ids: HashSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len() as u64, EVENTS, "{topic}: distinct ids");
+        let mut per_key: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for e in &events {
+            per_key
+                .entry(e["key"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(e["data"]["n"].as_u64().unwrap());
+        }
+        assert_eq!(per_key, expected, "{topic}: per-key order");
+    }
+    eprintln!(
+        "kill -9 ledger ok: {} kills, {} input records for {EVENTS} events ({} resent batches)",
+        LIFETIMES_MS.len(),
+        inputs.len(),
+        resent
+    );
+}
