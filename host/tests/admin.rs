@@ -1,0 +1,275 @@
+//! The admin API over real HTTP, on a real SQLite store: appends, reads,
+//! DLQ endpoints, and the error answers.
+
+// Test helpers panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use sluice::admin::{AppState, app, serve};
+use sluice::pipeline::Signals;
+use sluice::store::{self, Batch, DeadLetter, Store, StoreOptions};
+
+struct Api {
+    _dir: tempfile::TempDir,
+    base: String,
+    store: Arc<dyn Store>,
+    signals: Signals,
+    client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Api {
+    async fn start() -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = store::open(&url, &StoreOptions::default()).await.unwrap();
+        let signals = Signals::new();
+        let state = AppState {
+            store: store.clone(),
+            signals: signals.clone(),
+            default_partitions: 3,
+            max_body_bytes: 64 << 10,
+            stats: Arc::new(BTreeMap::new()),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, app(state), async {
+            let _ = stopped.await;
+        }));
+        Api {
+            _dir: dir,
+            base,
+            store,
+            signals,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn delete(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn append_and_read_back() {
+    let api = Api::start().await;
+    let mut log_rx = api.signals.log.subscribe();
+    let (status, body) = api
+        .post(
+            "/v1/topics/orders/events",
+            r#"[{"type": "order.placed", "key": "A", "data": {"n": 1}, "headers": {"TraceParent": "00-abc"}},
+                {"id": "fixed", "type": "raw", "data_base64": "AAEC", "content_type": "application/octet-stream"}]"#,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let ids = body["ids"].as_array().unwrap();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[1], "fixed");
+    // Dispatchers are woken with the new end of the log.
+    assert!(log_rx.has_changed().unwrap());
+    assert_eq!(
+        *log_rx.borrow_and_update(),
+        body["events"][1]["seq"].as_i64().unwrap()
+    );
+
+    let (status, page) = api.get("/v1/topics/orders/events?after=0&limit=10").await;
+    assert_eq!(status, 200);
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events[0]["type"], "order.placed");
+    assert_eq!(events[0]["data"], json!({"n": 1}));
+    assert_eq!(events[0]["content_type"], "application/json");
+    assert_eq!(events[0]["headers"]["traceparent"], "00-abc");
+    assert_eq!(events[0]["source"], "/sluice/api");
+    assert!(events[0]["time"].is_string());
+    assert_eq!(events[1]["data_base64"], "AAEC");
+    let next = page["next_after"].as_i64().unwrap();
+    let (_, rest) = api
+        .get(&format!("/v1/topics/orders/events?after={next}"))
+        .await;
+    assert!(rest["events"].as_array().unwrap().is_empty());
+
+    let (_, topics) = api.get("/v1/topics").await;
+    assert_eq!(topics["topics"][0]["name"], "orders");
+    assert_eq!(topics["topics"][0]["partitions"], 3);
+    assert_eq!(topics["topics"][0]["events"], 2);
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_json_errors_and_write_nothing() {
+    let api = Api::start().await;
+    let cases = [
+        ("/v1/topics/orders/events", "{not json", "bad_json"),
+        (
+            "/v1/topics/orders/events",
+            r#"{"data": 1}"#,
+            "missing field `type`",
+        ),
+        (
+            "/v1/topics/orders/events",
+            r#"{"type": ""}"#,
+            "must not be empty",
+        ),
+        (
+            "/v1/topics/orders/events",
+            r#"{"type": "t", "data": 1, "data_base64": "AA=="}"#,
+            "not both",
+        ),
+        (
+            "/v1/topics/orders/events",
+            r#"{"type": "t", "bogus": 1}"#,
+            "unknown field `bogus`",
+        ),
+        (
+            "/v1/topics/orders/events",
+            r#"{"type": "t", "data_base64": "%%"}"#,
+            "not base64",
+        ),
+        (
+            "/v1/topics/orders/events",
+            r#"{"type": "t", "headers": {"bad name": "x"}}"#,
+            "header name",
+        ),
+        ("/v1/topics/orders/events", "[]", "no events"),
+        // One bad event rejects the whole request: nothing half-written.
+        (
+            "/v1/topics/orders/events",
+            r#"[{"type": "ok"}, {"type": ""}]"#,
+            "event 1",
+        ),
+        (
+            "/v1/topics/bad%20name/events",
+            r#"{"type": "t"}"#,
+            "topic name",
+        ),
+    ];
+    for (path, body, needle) in cases {
+        let (status, answer) = api.post(path, body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer["error"].is_string(), "{answer}");
+        let text = answer.to_string();
+        assert!(text.contains(needle), "{body}: {text}");
+    }
+    assert!(
+        api.store.topics().await.unwrap().is_empty(),
+        "nothing was written"
+    );
+
+    // Too large: refused while the body streams in.
+    let big = format!(r#"{{"type": "t", "data": "{}"}}"#, "x".repeat(100 << 10));
+    let (status, _) = api.post("/v1/topics/orders/events", &big).await;
+    assert_eq!(status, 413);
+
+    let (status, answer) = api.get("/v1/nothing").await;
+    assert_eq!(status, 404);
+    assert_eq!(answer["error"], "not_found");
+}
+
+#[tokio::test]
+async fn dlq_endpoints() {
+    let api = Api::start().await;
+    let (_, body) = api
+        .post(
+            "/v1/topics/in/events",
+            r#"{"id": "bad-1", "type": "t", "key": "k", "data": {}}"#,
+        )
+        .await;
+    let seq = body["events"][0]["seq"].as_i64().unwrap();
+    let record = api.store.read_seqs(&[seq]).await.unwrap().remove(0);
+    let report = api
+        .store
+        .commit(&Batch {
+            dead_letters: vec![DeadLetter {
+                handler: "h".into(),
+                version: "abc".into(),
+                record,
+                attempts: vec![store::AttemptRecord {
+                    attempt: 1,
+                    outcome: "fatal".into(),
+                    error: "nope".into(),
+                    version: "abc".into(),
+                    at: 1,
+                }],
+                park: false,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = report.dlq_ids[0];
+
+    let (status, list) = api.get("/v1/dlq?handler=h").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["entries"][0]["id"], id);
+    assert_eq!(list["entries"][0]["event"]["id"], "bad-1");
+    assert_eq!(list["entries"][0]["error"], "fatal: nope");
+    let (_, none) = api.get("/v1/dlq?handler=other").await;
+    assert!(none["entries"].as_array().unwrap().is_empty());
+
+    let (status, entry) = api.get(&format!("/v1/dlq/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(entry["attempts"][0]["error"], "nope");
+    assert_eq!(api.get("/v1/dlq/999").await.0, 404);
+
+    let (status, entry) = api.post(&format!("/v1/dlq/{id}/redrive"), "").await;
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["status"], "redriven");
+    // A second action on the same entry conflicts.
+    let (status, answer) = api.delete(&format!("/v1/dlq/{id}")).await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"], "conflict");
+    let (_, pending) = api.get("/v1/dlq?status=pending").await;
+    assert!(pending["entries"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_is_graceful() {
+    let mut api = Api::start().await;
+    assert_eq!(api.get("/healthz").await.0, 200);
+    api.stop.take().unwrap().send(()).unwrap();
+    api.server.take().unwrap().await.unwrap().unwrap();
+    assert!(
+        api.client
+            .get(format!("{}/healthz", api.base))
+            .send()
+            .await
+            .is_err()
+    );
+}
