@@ -48,11 +48,16 @@ fn handler(name: &str, component: &str, topics: &[&str], types: &[&str]) -> Hand
 
 impl Host {
     async fn start(handlers: Vec<HandlerConfig>) -> Host {
+        Self::start_with(handlers, |_| {}).await
+    }
+
+    async fn start_with(handlers: Vec<HandlerConfig>, tune: impl FnOnce(&mut Config)) -> Host {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.store.url = format!("sqlite://{}", dir.path().join("sluice.db").display());
         config.handlers = handlers;
         config.pipeline.poll_interval_ms = 100;
+        tune(&mut config);
         let store = store::open(&config.store.url, &StoreOptions::default())
             .await
             .unwrap();
@@ -432,4 +437,34 @@ async fn a_restart_resumes_where_it_stopped() {
     assert!(after.processed < 200, "{after:?}");
     assert!(after.processed + after.duplicates >= 100, "{after:?}");
     host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_events_move_the_position_without_filling_the_window() {
+    let host = Host::start_with(
+        vec![handler("picky", "chain", &["in"], &["never.sent"])],
+        |c| {
+            c.pipeline.max_in_flight = 16;
+            c.pipeline.fetch_batch = 8;
+        },
+    )
+    .await;
+    let events: Vec<Event> = (0..100)
+        .map(|i| step(&format!("f{i}"), "step.a", "k", i))
+        .collect();
+    host.publish(&events).await;
+    let last = host
+        .store
+        .read_log("in", 0, 1000)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .seq;
+    host.wait("the position to reach the end", async |h| {
+        h.store.position("picky", "in").await.unwrap() == Some(last)
+    })
+    .await;
+    let s = host.stat("picky");
+    assert_eq!((s.filtered, s.processed, s.in_flight), (100, 0, 0));
 }

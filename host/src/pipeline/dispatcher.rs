@@ -225,6 +225,8 @@ impl Dispatcher {
         let mut running: Running = FuturesUnordered::new();
         let mut commit: Option<tokio::task::JoinHandle<Option<CommitReport>>> = None;
         let mut committing: Vec<Done> = Vec::new();
+        // Whether the commit in flight writes parked rows.
+        let mut commit_parks = false;
         let mut need_fetch = true;
         let mut need_actions = true;
         let mut stopping = false;
@@ -233,9 +235,10 @@ impl Dispatcher {
 
         loop {
             if !stopping {
-                // Actions touch parked rows: take them only when everything
+                // Actions read parked rows: take them only when every row
                 // parked so far is committed.
-                if need_actions && commit.is_none() && self.batch.is_empty() {
+                let parking = commit_parks || !self.batch.parked.is_empty();
+                if need_actions && !parking {
                     need_actions = false;
                     self.take_actions().await;
                 }
@@ -250,16 +253,24 @@ impl Dispatcher {
                     running.push(self.invoke(item));
                 }
             }
-            if commit.is_none() && !self.batch.is_empty() {
+            // Skipped events only move the position, but they must commit
+            // too, or a stream of them would fill the in-flight window.
+            if commit.is_none() && (!self.batch.is_empty() || !self.batch_done.is_empty()) {
                 committing = std::mem::take(&mut self.batch_done);
                 let batch = self.take_batch();
+                commit_parks = !batch.parked.is_empty();
                 let committer = self.committer.clone();
                 commit = Some(tokio::spawn(async move { committer.commit(batch).await }));
             }
             self.stats
                 .in_flight
                 .store(self.in_flight() as u64, Ordering::Relaxed);
-            if stopping && running.is_empty() && commit.is_none() && self.batch.is_empty() {
+            if stopping
+                && running.is_empty()
+                && commit.is_none()
+                && self.batch.is_empty()
+                && self.batch_done.is_empty()
+            {
                 return;
             }
             let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
@@ -270,6 +281,7 @@ impl Dispatcher {
                 },
                 joined = join_commit(&mut commit), if commit.is_some() => {
                     commit = None;
+                    commit_parks = false;
                     match joined {
                         Ok(Some(report)) => self.committed(std::mem::take(&mut committing), report),
                         // The committer is gone: the host is stopping.
