@@ -28,6 +28,8 @@ use crate::runtime::StateMap;
 
 /// SQLite limits bound parameters per statement; chunk `IN (...)` lists.
 const IN_CHUNK: usize = 500;
+/// Rows per multi-row `INSERT` (at most 13 parameters a row).
+const ROW_CHUNK: usize = 500;
 
 /// The embedded SQLite store.
 #[derive(Debug, Clone)]
@@ -132,7 +134,10 @@ async fn append_in(
     let now = now_ms();
     let mut partitions: HashMap<String, u32> = HashMap::new();
     let mut heads: HashMap<(String, u32), i64> = HashMap::new();
-    let mut out = Vec::with_capacity(events.len());
+    // Place every event first (a few look-ups per topic and partition),
+    // then insert them with multi-row statements: one round trip to the
+    // SQLite worker per chunk instead of one per event.
+    let mut placed: Vec<(u32, i64)> = Vec::with_capacity(events.len());
     for e in events {
         let n = match partitions.get(&e.topic) {
             Some(n) => *n,
@@ -158,26 +163,55 @@ async fn append_in(
             .await?
             .unwrap_or(0),
         };
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (topic, partition, \"offset\", id, source, type, time, content_type, data_schema, data, headers, key, appended_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-        )
-        .bind(&e.topic)
-        .bind(i64::from(partition))
-        .bind(offset)
-        .bind(&e.id)
-        .bind(&e.source)
-        .bind(&e.ty)
-        .bind(&e.time)
-        .bind(&e.content_type)
-        .bind(&e.data_schema)
-        .bind(&e.data)
-        .bind(to_json(&e.headers)?)
-        .bind(&e.key)
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await?;
         heads.insert(head_key, offset + 1);
+        placed.push((partition, offset));
+    }
+    let mut seqs: HashMap<(String, u32, i64), i64> = HashMap::with_capacity(events.len());
+    for (chunk, places) in events.chunks(ROW_CHUNK).zip(placed.chunks(ROW_CHUNK)) {
+        let mut q = QueryBuilder::new(
+            "INSERT INTO events (topic, partition, \"offset\", id, source, type, time, content_type, data_schema, data, headers, key, appended_at) ",
+        );
+        let mut headers = Vec::with_capacity(chunk.len());
+        for e in chunk {
+            headers.push(to_json(&e.headers)?);
+        }
+        q.push_values(
+            chunk.iter().zip(places).zip(headers),
+            |mut row, ((e, (partition, offset)), headers)| {
+                row.push_bind(e.topic.clone())
+                    .push_bind(i64::from(*partition))
+                    .push_bind(*offset)
+                    .push_bind(e.id.clone())
+                    .push_bind(e.source.clone())
+                    .push_bind(e.ty.clone())
+                    .push_bind(e.time.clone())
+                    .push_bind(e.content_type.clone())
+                    .push_bind(e.data_schema.clone())
+                    .push_bind(e.data.clone())
+                    .push_bind(headers)
+                    .push_bind(e.key.clone())
+                    .push_bind(now);
+            },
+        );
+        q.push(" RETURNING seq, topic, partition, \"offset\"");
+        for row in q.build().fetch_all(&mut *conn).await? {
+            let partition: i64 = row.try_get("partition")?;
+            seqs.insert(
+                (
+                    row.try_get("topic")?,
+                    u32::try_from(partition).unwrap_or(0),
+                    row.try_get("offset")?,
+                ),
+                row.try_get("seq")?,
+            );
+        }
+    }
+    let mut out = Vec::with_capacity(events.len());
+    for (e, (partition, offset)) in events.iter().zip(placed) {
+        let seq = seqs
+            .get(&(e.topic.clone(), partition, offset))
+            .copied()
+            .ok_or_else(|| Error::Corrupt(format!("no sequence number for event {}", e.id)))?;
         out.push(Appended {
             id: e.id.clone(),
             topic: e.topic.clone(),
@@ -416,20 +450,34 @@ impl Store for SqliteStore {
         let now = now_ms();
         let mut report = CommitReport::default();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // Processed records of the whole batch in a few multi-row
+        // statements; RETURNING names the rows that were new. A row that
+        // already existed is a duplicate: its effects are not applied again.
+        let mut fresh: HashSet<(String, String)> = HashSet::new();
+        for chunk in batch.processed.chunks(ROW_CHUNK) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO processed (handler, event_id, topic, seq, outcome, version, attempts, processed_at) ",
+            );
+            q.push_values(chunk, |mut row, p| {
+                row.push_bind(p.handler.clone())
+                    .push_bind(p.event_id.clone())
+                    .push_bind(p.topic.clone())
+                    .push_bind(p.seq)
+                    .push_bind("ok")
+                    .push_bind(p.version.clone())
+                    .push_bind(i64::from(p.attempts))
+                    .push_bind(now);
+            });
+            q.push(" ON CONFLICT (handler, event_id) DO NOTHING RETURNING handler, event_id");
+            for row in q.build().fetch_all(&mut *tx).await? {
+                fresh.insert((row.try_get(0)?, row.try_get(1)?));
+            }
+        }
+        let mut upserts: Vec<(&str, &str, &str, &[u8])> = Vec::new();
+        let mut outbox: Vec<(&str, &Event)> = Vec::new();
         for p in &batch.processed {
-            let row = ProcessedRow {
-                handler: &p.handler,
-                event_id: &p.event_id,
-                topic: &p.topic,
-                seq: p.seq,
-                outcome: "ok",
-                version: &p.version,
-                attempts: p.attempts,
-            };
-            let fresh = insert_processed(&mut tx, row, now).await?;
-            if !fresh {
-                // Already processed (a duplicate that slipped past the
-                // dispatcher's check): its effects exist once already.
+            // `remove`: should one id appear twice, only the first applies.
+            if !fresh.remove(&(p.handler.clone(), p.event_id.clone())) {
                 report
                     .duplicates
                     .insert((p.handler.clone(), p.event_id.clone()));
@@ -438,18 +486,7 @@ impl Store for SqliteStore {
             if let Some(key) = &p.key {
                 for (name, value) in &p.state_changes {
                     match value {
-                        Some(value) => {
-                            sqlx::query(
-                                "INSERT INTO state (handler, key, name, value) VALUES (?, ?, ?, ?) \
-                                 ON CONFLICT (handler, key, name) DO UPDATE SET value = excluded.value",
-                            )
-                            .bind(&p.handler)
-                            .bind(key)
-                            .bind(name)
-                            .bind(value)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
+                        Some(value) => upserts.push((&p.handler, key, name, value)),
                         None => {
                             sqlx::query(
                                 "DELETE FROM state WHERE handler = ? AND key = ? AND name = ?",
@@ -463,20 +500,7 @@ impl Store for SqliteStore {
                     }
                 }
             }
-            for e in &p.emitted {
-                sqlx::query(
-                    "INSERT INTO outbox (event_id, topic, key, event, handler, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                )
-                .bind(&e.id)
-                .bind(&e.topic)
-                .bind(&e.key)
-                .bind(to_json(e)?)
-                .bind(&p.handler)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                report.outbox_rows += 1;
-            }
+            outbox.extend(p.emitted.iter().map(|e| (p.handler.as_str(), e)));
             if p.attempts > 1 {
                 sqlx::query("DELETE FROM attempts WHERE handler = ? AND event_id = ?")
                     .bind(&p.handler)
@@ -484,6 +508,36 @@ impl Store for SqliteStore {
                     .execute(&mut *tx)
                     .await?;
             }
+        }
+        for chunk in upserts.chunks(ROW_CHUNK) {
+            let mut q = QueryBuilder::new("INSERT INTO state (handler, key, name, value) ");
+            q.push_values(chunk, |mut row, (handler, key, name, value)| {
+                row.push_bind(handler.to_string())
+                    .push_bind(key.to_string())
+                    .push_bind(name.to_string())
+                    .push_bind(value.to_vec());
+            });
+            q.push(" ON CONFLICT (handler, key, name) DO UPDATE SET value = excluded.value");
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in outbox.chunks(ROW_CHUNK) {
+            let mut rows = Vec::with_capacity(chunk.len());
+            for (handler, e) in chunk {
+                rows.push((*handler, *e, to_json(*e)?));
+            }
+            let mut q = QueryBuilder::new(
+                "INSERT INTO outbox (event_id, topic, key, event, handler, created_at) ",
+            );
+            q.push_values(rows, |mut row, (handler, e, json)| {
+                row.push_bind(e.id.clone())
+                    .push_bind(e.topic.clone())
+                    .push_bind(e.key.clone())
+                    .push_bind(json)
+                    .push_bind(handler.to_owned())
+                    .push_bind(now);
+            });
+            q.build().execute(&mut *tx).await?;
+            report.outbox_rows += chunk.len() as u64;
         }
         for (handler, event_id, a) in &batch.failures {
             sqlx::query(
