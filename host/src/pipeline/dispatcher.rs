@@ -69,6 +69,8 @@ struct Item {
 /// What to do once the batch an item is in has committed.
 #[derive(Debug)]
 struct Done {
+    /// The key's state after this event, for the state cache.
+    state_after: Option<StateMap>,
     origin: Origin,
     seq: i64,
     event_id: Option<String>,
@@ -102,7 +104,12 @@ struct TopicCursor {
     inflight: BTreeMap<i64, Phase>,
 }
 
-type Running = FuturesUnordered<tokio::task::JoinHandle<(Item, Result<Invocation, store::Error>)>>;
+/// An invocation's result and the state it ran against.
+type Ran = (Item, Result<(Invocation, StateMap), store::Error>);
+type Running = FuturesUnordered<tokio::task::JoinHandle<Ran>>;
+
+/// Upper bound of the state cache, in bytes of names and values.
+const STATE_CACHE_BYTES: u64 = 64 << 20;
 
 /// A handler's dispatcher; see the module docs.
 pub struct Dispatcher {
@@ -133,6 +140,12 @@ pub struct Dispatcher {
     taken_actions: HashSet<i64>,
     batch: Batch,
     batch_done: Vec<Done>,
+    /// Committed state of recently used keys. This dispatcher is the only
+    /// writer of its handler's state, and a key's next event starts only
+    /// after the previous outcome committed, so the cache is exact and
+    /// saves a database read per event.
+    state_cache: HashMap<String, StateMap>,
+    state_cache_bytes: u64,
 }
 
 impl Dispatcher {
@@ -209,6 +222,8 @@ impl Dispatcher {
             taken_actions: HashSet::new(),
             batch: Batch::default(),
             batch_done: Vec::new(),
+            state_cache: HashMap::new(),
+            state_cache_bytes: 0,
             cfg,
         })
     }
@@ -382,6 +397,7 @@ impl Dispatcher {
     fn skip(&mut self, origin: Origin, seq: i64) {
         self.mark_committing(&origin, seq);
         self.batch_done.push(Done {
+            state_after: None,
             origin,
             seq,
             event_id: None,
@@ -439,35 +455,62 @@ impl Dispatcher {
         }
     }
 
-    fn invoke(
-        &self,
-        item: Item,
-    ) -> tokio::task::JoinHandle<(Item, Result<Invocation, store::Error>)> {
+    fn invoke(&mut self, item: Item) -> tokio::task::JoinHandle<Ran> {
         let store = self.store.clone();
         let handler = self.handler.clone();
+        let cached = item
+            .record
+            .event
+            .key
+            .as_ref()
+            .and_then(|k| self.take_cached_state(k));
         tokio::spawn(async move {
-            let state = match &item.record.event.key {
-                Some(key) => match store.load_state(handler.name(), key).await {
+            let state = match (&item.record.event.key, cached) {
+                (None, _) => StateMap::new(),
+                (Some(_), Some(state)) => state,
+                (Some(key), None) => match store.load_state(handler.name(), key).await {
                     Ok(state) => state,
                     Err(error) => return (item, Err(error)),
                 },
-                None => StateMap::new(),
             };
             let invocation = handler
-                .invoke(&item.record.event, item.attempt, state)
+                .invoke(&item.record.event, item.attempt, state.clone())
                 .await;
-            (item, Ok(invocation))
+            (item, Ok((invocation, state)))
         })
+    }
+
+    fn take_cached_state(&mut self, key: &str) -> Option<StateMap> {
+        let state = self.state_cache.remove(key)?;
+        self.state_cache_bytes = self
+            .state_cache_bytes
+            .saturating_sub(state_bytes(key, &state));
+        Some(state)
+    }
+
+    fn cache_state(&mut self, key: String, state: StateMap) {
+        let bytes = state_bytes(&key, &state);
+        if self.state_cache_bytes + bytes > STATE_CACHE_BYTES {
+            // Crude but bounded: start over rather than track recency.
+            self.state_cache.clear();
+            self.state_cache_bytes = 0;
+        }
+        self.state_cache_bytes += bytes;
+        if let Some(old) = self.state_cache.insert(key.clone(), state) {
+            self.state_cache_bytes = self
+                .state_cache_bytes
+                .saturating_sub(state_bytes(&key, &old));
+        }
     }
 
     fn complete(
         &mut self,
         mut item: Item,
-        result: Result<Invocation, store::Error>,
+        result: Result<(Invocation, StateMap), store::Error>,
         stopping: bool,
     ) {
-        let invocation = match result {
-            Ok(invocation) => invocation,
+        let (invocation, state_before) = match result {
+            Ok(ran) => ran,
             Err(error) => {
                 // Not the handler's fault: try again without counting it.
                 tracing::error!(handler = %self.cfg.name, event = %item.record.event.id, "loading state failed: {error}");
@@ -490,6 +533,16 @@ impl Dispatcher {
                     elapsed_us = invocation.elapsed.as_micros() as u64,
                     "processed"
                 );
+                let state_after = key.as_ref().map(|_| {
+                    let mut state = state_before;
+                    for (name, value) in &invocation.state_changes {
+                        match value {
+                            Some(v) => state.insert(name.clone(), v.clone()),
+                            None => state.remove(name),
+                        };
+                    }
+                    state
+                });
                 self.batch.processed.push(Processed {
                     handler: self.cfg.name.clone(),
                     version: self.version.clone(),
@@ -501,9 +554,13 @@ impl Dispatcher {
                     state_changes: invocation.state_changes,
                     emitted: invocation.emitted,
                 });
-                self.finish(item, DoneKind::Processed);
+                self.finish(item, DoneKind::Processed, state_after);
             }
             failed => {
+                // The state did not change: keep it for the next attempt.
+                if let Some(k) = &key {
+                    self.cache_state(k.clone(), state_before);
+                }
                 let message = match failed {
                     Outcome::Retryable { message }
                     | Outcome::Fatal { message }
@@ -564,14 +621,14 @@ impl Dispatcher {
                         attempts: std::mem::take(&mut item.failures),
                         park,
                     });
-                    self.finish(item, DoneKind::DeadLettered { park });
+                    self.finish(item, DoneKind::DeadLettered { park }, None);
                 }
             }
         }
     }
 
     /// The item has a final outcome in the current batch.
-    fn finish(&mut self, item: Item, kind: DoneKind) {
+    fn finish(&mut self, item: Item, kind: DoneKind, state_after: Option<StateMap>) {
         self.mark_committing(&item.origin, item.record.seq);
         if let Origin::Action {
             finish: Some(finish),
@@ -580,6 +637,7 @@ impl Dispatcher {
             self.add_finish(finish.clone());
         }
         self.batch_done.push(Done {
+            state_after,
             seq: item.record.seq,
             event_id: Some(item.record.event.id),
             key: item.record.event.key,
@@ -658,6 +716,9 @@ impl Dispatcher {
                         self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                     } else {
                         self.stats.processed.fetch_add(1, Ordering::Relaxed);
+                        if let (Some(key), Some(state)) = (&d.key, d.state_after) {
+                            self.cache_state(key.clone(), state);
+                        }
                     }
                 }
                 DoneKind::DeadLettered { park } => {
@@ -776,4 +837,12 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+fn state_bytes(key: &str, state: &StateMap) -> u64 {
+    key.len() as u64
+        + state
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum::<u64>()
 }
