@@ -271,38 +271,27 @@ struct ReadParams {
 pub fn record_json(r: &LogRecord) -> Value {
     use base64::Engine as _;
     let e = &r.event;
-    let mut v = json!({
-        "seq": r.seq,
-        "partition": r.partition,
-        "offset": r.offset,
-        "appended_at": r.appended_at,
-        "id": e.id,
-        "source": e.source,
-        "type": e.ty,
-        "time": e.time,
-        "topic": e.topic,
-        "key": e.key,
-        "content_type": e.content_type,
-        "data_schema": e.data_schema,
-        "headers": e.headers,
-    });
+    let mut map = serde_json::Map::new();
+    map.insert("seq".into(), r.seq.into());
+    map.insert("partition".into(), r.partition.into());
+    map.insert("offset".into(), r.offset.into());
+    map.insert("appended_at".into(), r.appended_at.into());
+    map.extend(e.attributes_json());
     let is_json = e
         .content_type
         .as_deref()
         .is_none_or(|ct| ct.contains("json"));
-    let decoded = is_json
+    match is_json
         .then(|| serde_json::from_slice::<Value>(&e.data).ok())
-        .flatten();
-    if let Value::Object(map) = &mut v {
-        match decoded {
-            Some(data) => map.insert("data".into(), data),
-            None => map.insert(
-                "data_base64".into(),
-                Value::String(base64::engine::general_purpose::STANDARD.encode(&e.data)),
-            ),
-        };
-    }
-    v
+        .flatten()
+    {
+        Some(data) => map.insert("data".into(), data),
+        None => map.insert(
+            "data_base64".into(),
+            Value::String(base64::engine::general_purpose::STANDARD.encode(&e.data)),
+        ),
+    };
+    Value::Object(map)
 }
 
 async fn read_events(

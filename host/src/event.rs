@@ -60,6 +60,29 @@ impl Event {
             .unwrap_or(&self.id)
     }
 
+    /// The attributes (everything but `data`) as a JSON object, for the
+    /// API and the harness, which each render `data` their own way.
+    pub fn attributes_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("id".into(), self.id.clone().into());
+        m.insert("source".into(), self.source.clone().into());
+        m.insert("type".into(), self.ty.clone().into());
+        m.insert("time".into(), self.time.clone().into());
+        m.insert("topic".into(), self.topic.clone().into());
+        m.insert("key".into(), self.key.clone().into());
+        m.insert("content_type".into(), self.content_type.clone().into());
+        m.insert("data_schema".into(), self.data_schema.clone().into());
+        m.insert(
+            "headers".into(),
+            self.headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone())))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        );
+        m
+    }
+
     /// The `causationid` attribute: the id of the event this one was emitted for.
     pub fn causation_id(&self) -> Option<&str> {
         self.headers.get(CAUSATION_ID).map(String::as_str)

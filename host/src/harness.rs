@@ -202,15 +202,13 @@ impl TestEvent {
     /// Reads an event file: one event, or an array of events to run in
     /// sequence (the `bool` tells which).
     pub fn from_file(path: &Path) -> Result<(Vec<Self>, bool)> {
-        let text = read(path)?;
         let input_error = |message: String| Error::Input {
             path: path.display().to_string(),
             message,
         };
         // Parse as a value first, then as the shape it has, so that errors
         // name the real problem (a missing field, say).
-        let value: Value =
-            serde_json::from_str(&text).map_err(|e| input_error(format!("not JSON: {e}")))?;
+        let value = read_json(path)?;
         if value.is_array() {
             let events: Vec<TestEvent> = serde_json::from_value(value)
                 .map_err(|e| input_error(format!("not a valid array of events: {e}")))?;
@@ -321,13 +319,11 @@ impl RunOptions {
 
     /// Reads the initial state from a `--state` file.
     pub fn state_file(mut self, path: &Path) -> Result<Self> {
-        let text = read(path)?;
         let input_error = |message: String| Error::Input {
             path: path.display().to_string(),
             message,
         };
-        let value: Value =
-            serde_json::from_str(&text).map_err(|e| input_error(format!("not JSON: {e}")))?;
+        let value = read_json(path)?;
         let Value::Object(fields) = value else {
             return Err(input_error("state must be a JSON object of fields".into()));
         };
@@ -402,21 +398,9 @@ impl Report {
 
 /// An emitted event as JSON, with the payload decoded where it is JSON.
 fn event_json(e: &Event) -> Value {
-    let mut v = json!({
-        "id": e.id,
-        "source": e.source,
-        "type": e.ty,
-        "time": e.time,
-        "topic": e.topic,
-        "key": e.key,
-        "content_type": e.content_type,
-        "data_schema": e.data_schema,
-        "headers": e.headers,
-    });
-    if let Value::Object(map) = &mut v {
-        map.insert("data".into(), encode_bytes(&e.data));
-    }
-    v
+    let mut map = e.attributes_json();
+    map.insert("data".into(), encode_bytes(&e.data));
+    Value::Object(map)
 }
 
 /// Bytes that are JSON are shown as that JSON; others as `{"$base64": ...}`.
@@ -481,10 +465,14 @@ fn compare_at(path: &str, expected: &Value, actual: &Value, out: &mut Vec<String
     }
 }
 
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| Error::Read {
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.display().to_string(),
         source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::Input {
+        path: path.display().to_string(),
+        message: format!("not JSON: {e}"),
     })
 }
 
