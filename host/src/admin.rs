@@ -36,6 +36,9 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Counters of the running handlers.
     pub stats: Arc<BTreeMap<String, Arc<HandlerStats>>>,
+    /// Bearer token required for mutating calls and for reading events,
+    /// state and the DLQ; `None` leaves them open (loopback only).
+    pub token: Option<String>,
 }
 
 /// An API error: status, kind and detail.
@@ -98,18 +101,26 @@ type ApiResult<T> = Result<T, ApiError>;
 /// The router of the admin API.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/topics", get(list_topics))
+    // Everything that changes something, or reads event data, state or the
+    // DLQ, needs the token; health, topic names and counters do not.
+    let protected = Router::new()
         .route(
             "/v1/topics/{topic}/events",
             post(append_events).get(read_events),
         )
-        .route("/v1/handlers", get(list_handlers))
         .route("/v1/handlers/{name}/state/{key}", get(get_state))
         .route("/v1/dlq", get(list_dlq))
         .route("/v1/dlq/{id}", get(get_dlq).delete(discard_dlq))
         .route("/v1/dlq/{id}/redrive", post(redrive_dlq))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/topics", get(list_topics))
+        .route("/v1/handlers", get(list_handlers))
+        .merge(protected)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -127,6 +138,44 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Rejects requests without the configured bearer token.
+async fn require_token(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(expected) = &state.token {
+        let presented = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !presented.is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes())) {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this call needs a valid bearer token: Authorization: Bearer <token>",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares without an early exit, so that response time does not reveal
+/// how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn healthz() -> Json<Value> {

@@ -42,6 +42,10 @@ struct RunArgs {
     /// embedded defaults (SQLite under `./.sluice`, admin on 127.0.0.1:8080).
     #[arg(long, short)]
     config: Option<PathBuf>,
+    /// Bearer token required for mutating calls and for reading events,
+    /// state and the DLQ. Mandatory when the admin address is not loopback.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -69,6 +73,9 @@ struct PublishArgs {
     /// Admin API base URL.
     #[arg(long, env = "SLUICE_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Bearer token of the admin API.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -158,6 +165,13 @@ async fn run_host(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
+    let token = args.admin_token.filter(|t| !t.is_empty());
+    if token.is_none() && !config.admin.addr.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve the admin API on {} without a token: set --admin-token or SLUICE_ADMIN_TOKEN, or listen on a loopback address",
+            config.admin.addr
+        );
+    }
     if config.runtime.cache_dir.is_none() {
         config.runtime.cache_dir = Some(PathBuf::from(".sluice/cache"));
     }
@@ -188,6 +202,7 @@ async fn run_host(args: RunArgs) -> anyhow::Result<ExitCode> {
         default_partitions: config.pipeline.default_partitions,
         max_body_bytes: config.admin.max_body_bytes,
         stats: Arc::new(pipeline.stats.clone().into_iter().collect()),
+        token,
     };
     admin::serve(listener, admin::app(state), shutdown_signal())
         .await
@@ -249,9 +264,11 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         args.url.trim_end_matches('/'),
         args.topic
     );
-    let response = reqwest::Client::new()
-        .post(&url)
-        .json(&body)
+    let mut request = reqwest::Client::new().post(&url).json(&body);
+    if let Some(token) = args.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
         .send()
         .await
         .with_context(|| format!("cannot reach {url}"))?;

@@ -18,12 +18,17 @@ struct Api {
     store: Arc<dyn Store>,
     signals: Signals,
     client: reqwest::Client,
+    token: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Api {
     async fn start() -> Api {
+        Self::start_with(None).await
+    }
+
+    async fn start_with(token: Option<&str>) -> Api {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("s.db").display());
         let store = store::open(&url, &StoreOptions::default()).await.unwrap();
@@ -34,6 +39,7 @@ impl Api {
             default_partitions: 3,
             max_body_bytes: 64 << 10,
             stats: Arc::new(BTreeMap::new()),
+            token: token.map(Into::into),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -47,15 +53,22 @@ impl Api {
             store,
             signals,
             client: reqwest::Client::new(),
+            token: token.map(Into::into),
             stop: Some(stop),
             server: Some(server),
         }
     }
 
+    fn auth(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
     async fn post(&self, path: &str, body: &str) -> (u16, Value) {
         let r = self
-            .client
-            .post(format!("{}{path}", self.base))
+            .auth(self.client.post(format!("{}{path}", self.base)))
             .header("content-type", "application/json")
             .body(body.to_owned())
             .send()
@@ -67,8 +80,7 @@ impl Api {
 
     async fn get(&self, path: &str) -> (u16, Value) {
         let r = self
-            .client
-            .get(format!("{}{path}", self.base))
+            .auth(self.client.get(format!("{}{path}", self.base)))
             .send()
             .await
             .unwrap();
@@ -78,8 +90,7 @@ impl Api {
 
     async fn delete(&self, path: &str) -> (u16, Value) {
         let r = self
-            .client
-            .delete(format!("{}{path}", self.base))
+            .auth(self.client.delete(format!("{}{path}", self.base)))
             .send()
             .await
             .unwrap();
@@ -272,4 +283,50 @@ async fn shutdown_is_graceful() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn a_token_guards_mutations_and_data_but_not_health() {
+    let api = Api::start_with(Some("s3cret")).await;
+    let anonymous = reqwest::Client::new();
+    let url = |p: &str| format!("{}{p}", api.base);
+
+    for public in ["/healthz", "/v1/topics", "/v1/handlers"] {
+        let r = anonymous.get(url(public)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{public}");
+    }
+    let guarded = [
+        ("POST", "/v1/topics/t/events"),
+        ("GET", "/v1/topics/t/events"),
+        ("GET", "/v1/handlers/h/state/k"),
+        ("GET", "/v1/dlq"),
+        ("GET", "/v1/dlq/1"),
+        ("POST", "/v1/dlq/1/redrive"),
+        ("DELETE", "/v1/dlq/1"),
+    ];
+    for (method, path) in guarded {
+        let method: reqwest::Method = method.parse().unwrap();
+        for token in [None, Some("wrong"), Some("s3cret-but-longer")] {
+            let mut r = anonymous
+                .request(method.clone(), url(path))
+                .body(r#"{"type":"t"}"#);
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{method} {path} with {token:?}");
+            assert_eq!(r.headers()["www-authenticate"], "Bearer");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"], "unauthorized");
+        }
+    }
+    assert!(
+        api.store.topics().await.unwrap().is_empty(),
+        "nothing got through"
+    );
+    // With the token, the same calls work.
+    let (status, _) = api.post("/v1/topics/t/events", r#"{"type": "t"}"#).await;
+    assert_eq!(status, 202);
+    assert_eq!(api.get("/v1/topics/t/events").await.0, 200);
+    assert_eq!(api.get("/v1/dlq").await.0, 200);
 }

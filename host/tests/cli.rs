@@ -286,3 +286,29 @@ fn documented_examples_match_their_expectations() {
     }
     assert_eq!(checked, 5, "examples found under {}", dir.display());
 }
+
+#[test]
+fn run_refuses_a_public_admin_address_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"sqlite://{}\"\n[admin]\naddr = \"0.0.0.0:18089\"\n",
+            dir.path().join("s.db").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("SLUICE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("refusing to serve the admin API on 0.0.0.0:18089 without a token"),
+        "{err}"
+    );
+}
