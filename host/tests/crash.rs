@@ -282,6 +282,42 @@ types = ["step.b"]
         }
         assert_eq!(per_key, expected, "{topic}: per-key order");
     }
+    // The operator's view agrees: nothing lags, nothing waits in the outbox.
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "sluice_handler_lag{handler=\"first\",topic=\"in\"} 0",
+        "sluice_handler_lag{handler=\"second\",topic=\"mid\"} 0",
+        "sluice_outbox_backlog 0",
+        "# TYPE sluice_handler_duration_seconds histogram",
+        "sluice_handler_in_flight{handler=\"second\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in:\n{metrics}"
+        );
+    }
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    let processed = count("sluice_handler_processed_total{handler=\"second\"}");
+    let observed = count("sluice_handler_duration_seconds_count{handler=\"second\"}");
+    assert!(
+        processed > 0 && observed >= processed,
+        "{processed} {observed}"
+    );
     eprintln!(
         "kill -9 ledger ok: {} kills, {} input records for {EVENTS} events ({} resent batches)",
         LIFETIMES_MS.len(),

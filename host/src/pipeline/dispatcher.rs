@@ -522,6 +522,10 @@ impl Dispatcher {
         };
         let event = &item.record.event;
         let key = event.key.clone();
+        self.stats.latency.observe(invocation.elapsed);
+        if invocation.outcome != Outcome::Ok {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        }
         match &invocation.outcome {
             Outcome::Ok => {
                 tracing::debug!(

@@ -53,9 +53,43 @@ pub enum Error {
 /// Result of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Upper bounds of the latency histogram buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A fixed-bucket histogram of durations, updated without locks.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations at or below each bound of [`LATENCY_BUCKETS`]
+    /// (not cumulative; the exposition sums them).
+    pub buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    /// All observations.
+    pub count: AtomicU64,
+    /// Sum of all observations, in microseconds.
+    pub sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
 /// Counters of one handler, readable while it runs.
 #[derive(Debug, Default)]
 pub struct HandlerStats {
+    /// Failed attempts (retried or dead-lettered).
+    pub failed: AtomicU64,
+    /// Time of each invocation (instantiation plus `handle`).
+    pub latency: Histogram,
     /// Events processed successfully.
     pub processed: AtomicU64,
     /// Events skipped as duplicates of processed ones.
@@ -79,6 +113,8 @@ pub struct HandlerStats {
 pub struct StatsSnapshot {
     /// Events processed successfully.
     pub processed: u64,
+    /// Failed attempts.
+    pub failed: u64,
     /// Events skipped as duplicates.
     pub duplicates: u64,
     /// Events skipped by the type filter.
@@ -98,6 +134,7 @@ impl HandlerStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             processed: self.processed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
             filtered: self.filtered.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),

@@ -348,6 +348,10 @@ pub trait Store: Send + Sync + 'static {
     /// Number of outbox rows not yet delivered.
     async fn outbox_backlog(&self) -> Result<i64>;
 
+    /// For each topic `handler` has a position on: the number of events
+    /// after that position (the handler's lag).
+    async fn lag(&self, handler: &str) -> Result<Vec<(String, i64)>>;
+
     /// Keys of `handler` that are parked, with the DLQ entry that parked each.
     async fn parked_keys(&self, handler: &str) -> Result<HashMap<String, i64>>;
 

@@ -695,6 +695,19 @@ impl Store for SqliteStore {
         )
     }
 
+    async fn lag(&self, handler: &str) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT p.topic, (SELECT COUNT(*) FROM events e WHERE e.topic = p.topic AND e.seq > p.position) AS lag \
+             FROM positions p WHERE p.handler = ? ORDER BY p.topic",
+        )
+        .bind(handler)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("topic")?, r.try_get("lag")?)))
+            .collect()
+    }
+
     async fn parked_keys(&self, handler: &str) -> Result<HashMap<String, i64>> {
         let rows = sqlx::query("SELECT key, dlq_id FROM parked_keys WHERE handler = ?")
             .bind(handler)
