@@ -191,6 +191,9 @@ async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({"status": "ready"})))
 }
 
+/// A counter of the exposition: name suffix, help text, and how to read it.
+type Counter = (&'static str, &'static str, fn(&HandlerStats) -> u64);
+
 /// Prometheus text exposition of per-handler counters, latency histograms,
 /// lag, and the outbox backlog.
 async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
@@ -200,7 +203,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
     use crate::pipeline::LATENCY_BUCKETS;
 
     let mut out = String::new();
-    let counters: [(&str, &str, fn(&HandlerStats) -> u64); 7] = [
+    let counters: [Counter; 7] = [
         ("processed_total", "Events processed successfully.", |s| {
             s.processed.load(Relaxed)
         }),
