@@ -109,6 +109,7 @@ pub fn app(state: AppState) -> Router {
             post(append_events).get(read_events),
         )
         .route("/v1/handlers/{name}/state/{key}", get(get_state))
+        .route("/v1/events/{id}", get(get_event))
         .route("/v1/dlq", get(list_dlq))
         .route("/v1/dlq/{id}", get(get_dlq).delete(discard_dlq))
         .route("/v1/dlq/{id}/redrive", post(redrive_dlq))
@@ -497,6 +498,72 @@ async fn list_handlers(State(state): State<AppState>) -> Json<Value> {
         .map(|(name, stats)| (name, stats.snapshot()))
         .collect();
     Json(json!({ "handlers": handlers }))
+}
+
+/// How far `GET /v1/events/{id}` follows a choreography, each way.
+const CHAIN_DEPTH: usize = 16;
+/// Most events it lists downstream.
+const CHAIN_EVENTS: usize = 500;
+
+/// An event, who processed it (version, outcome), what it emitted, and its
+/// causation chain: `causes` up to the root, `effects` down as a tree.
+async fn get_event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let records = state.store.events_by_id(&id).await?;
+    let Some(first) = records.first() else {
+        return Err(store::Error::NotFound(format!("event {id}")).into());
+    };
+    let processed_by = state.store.processed_records(&id).await?;
+    // Up: follow `causationid` until an event without one (or not in the log).
+    let mut causes = Vec::new();
+    let mut cursor = first.event.causation_id().map(str::to_owned);
+    while let Some(parent) = cursor.take() {
+        if causes.len() >= CHAIN_DEPTH {
+            break;
+        }
+        let Some(record) = state.store.events_by_id(&parent).await?.into_iter().next() else {
+            break;
+        };
+        cursor = record.event.causation_id().map(str::to_owned);
+        causes.push(record_json(&record));
+    }
+    // Down: breadth-first over what each event caused.
+    let mut budget = CHAIN_EVENTS;
+    let effects = effects_tree(&*state.store, &id, 0, &mut budget).await?;
+    Ok(Json(json!({
+        "event": record_json(first),
+        "copies_in_log": records.len(),
+        "processed_by": processed_by,
+        "emitted": effects.iter().map(|e| e["event"].clone()).collect::<Vec<_>>(),
+        "causes": causes,
+        "effects": effects,
+    })))
+}
+
+fn effects_tree<'a>(
+    store: &'a dyn Store,
+    id: &'a str,
+    depth: usize,
+    budget: &'a mut usize,
+) -> futures::future::BoxFuture<'a, ApiResult<Vec<Value>>> {
+    Box::pin(async move {
+        if depth >= CHAIN_DEPTH || *budget == 0 {
+            return Ok(Vec::new());
+        }
+        let children = store.events_caused_by(id).await?;
+        let mut out = Vec::with_capacity(children.len());
+        for child in children {
+            if *budget == 0 {
+                break;
+            }
+            *budget -= 1;
+            let below = effects_tree(store, &child.event.id, depth + 1, budget).await?;
+            out.push(json!({ "event": record_json(&child), "effects": below }));
+        }
+        Ok(out)
+    })
 }
 
 async fn get_state(

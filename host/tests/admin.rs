@@ -299,6 +299,7 @@ async fn a_token_guards_mutations_and_data_but_not_health() {
         ("POST", "/v1/topics/t/events"),
         ("GET", "/v1/topics/t/events"),
         ("GET", "/v1/handlers/h/state/k"),
+        ("GET", "/v1/events/x"),
         ("GET", "/v1/dlq"),
         ("GET", "/v1/dlq/1"),
         ("POST", "/v1/dlq/1/redrive"),

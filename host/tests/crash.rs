@@ -282,6 +282,36 @@ types = ["step.b"]
         }
         assert_eq!(per_key, expected, "{topic}: per-key order");
     }
+    // An event's story: who processed it, what it caused, where it came from.
+    let story = get_json(&client, &format!("{base}/v1/events/in-5")).await;
+    assert_eq!(story["event"]["id"], "in-5");
+    assert_eq!(story["processed_by"][0]["handler"], "first");
+    assert_eq!(story["processed_by"][0]["outcome"], "ok");
+    assert_eq!(story["emitted"].as_array().unwrap().len(), 1);
+    assert_eq!(story["effects"][0]["event"]["topic"], "mid");
+    assert_eq!(story["effects"][0]["effects"][0]["event"]["topic"], "out");
+    assert!(story["causes"].as_array().unwrap().is_empty());
+    let leaf = story["effects"][0]["effects"][0]["event"]["id"]
+        .as_str()
+        .unwrap();
+    let up = get_json(&client, &format!("{base}/v1/events/{leaf}")).await;
+    let causes: Vec<&str> = up["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(causes, vec!["mid", "in"]);
+    assert_eq!(
+        client
+            .get(format!("{base}/v1/events/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
     // The operator's view agrees: nothing lags, nothing waits in the outbox.
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);

@@ -115,6 +115,21 @@ pub struct AttemptRecord {
     pub at: i64,
 }
 
+/// A handler's final outcome for an event, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessedRecord {
+    /// Handler.
+    pub handler: String,
+    /// `ok` or `dead-lettered`.
+    pub outcome: String,
+    /// Version (component digest) that ran last.
+    pub version: String,
+    /// Attempts it took.
+    pub attempts: u32,
+    /// When, ms since the epoch.
+    pub processed_at: i64,
+}
+
 /// A successfully handled event and its effects.
 #[derive(Debug, Clone)]
 pub struct Processed {
@@ -344,6 +359,17 @@ pub trait Store: Send + Sync + 'static {
     /// Publishes up to `limit` outbox rows to the embedded log, in outbox
     /// order, and marks them delivered, in one transaction.
     async fn relay_outbox(&self, limit: u32, default_partitions: u32) -> Result<Vec<Appended>>;
+
+    /// Every log record with event id `id` (an id can be republished),
+    /// oldest first.
+    async fn events_by_id(&self, id: &str) -> Result<Vec<LogRecord>>;
+
+    /// Log records whose `causationid` is `id`: what was emitted because of
+    /// that event.
+    async fn events_caused_by(&self, id: &str) -> Result<Vec<LogRecord>>;
+
+    /// Processed records of event `id`, for every handler.
+    async fn processed_records(&self, id: &str) -> Result<Vec<ProcessedRecord>>;
 
     /// Number of outbox rows not yet delivered.
     async fn outbox_backlog(&self) -> Result<i64>;

@@ -21,7 +21,8 @@ use sqlx::{QueryBuilder, Row};
 
 use super::{
     Appended, AttemptRecord, Batch, CommitReport, DlqAction, DlqEntry, DlqFilter, DlqStatus, Error,
-    LogRecord, PendingAction, Result, Store, StoreOptions, Synchronous, TopicInfo, now_ms,
+    LogRecord, PendingAction, ProcessedRecord, Result, Store, StoreOptions, Synchronous, TopicInfo,
+    now_ms,
 };
 use crate::event::{Event, partition_for_key};
 use crate::runtime::StateMap;
@@ -693,6 +694,47 @@ impl Store for SqliteStore {
                 .fetch_one(&self.pool)
                 .await?,
         )
+    }
+
+    async fn events_by_id(&self, id: &str) -> Result<Vec<LogRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE id = ? ORDER BY seq LIMIT 100"
+        )))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_record).collect()
+    }
+
+    async fn events_caused_by(&self, id: &str) -> Result<Vec<LogRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE json_extract(headers, '$.causationid') = ? ORDER BY seq LIMIT 1000"
+        )))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_record).collect()
+    }
+
+    async fn processed_records(&self, id: &str) -> Result<Vec<ProcessedRecord>> {
+        let rows = sqlx::query(
+            "SELECT handler, outcome, version, attempts, processed_at FROM processed WHERE event_id = ? ORDER BY handler",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let attempts: i64 = r.try_get("attempts")?;
+                Ok(ProcessedRecord {
+                    handler: r.try_get("handler")?,
+                    outcome: r.try_get("outcome")?,
+                    version: r.try_get("version")?,
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    processed_at: r.try_get("processed_at")?,
+                })
+            })
+            .collect()
     }
 
     async fn lag(&self, handler: &str) -> Result<Vec<(String, i64)>> {
