@@ -30,6 +30,18 @@ enum Command {
     Run(RunArgs),
     /// Append an event to a topic through the admin API.
     Publish(PublishArgs),
+    /// Inspect and operate the dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Inspect events.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Show the running handlers and their counters.
+    Handlers(HandlersArgs),
     /// Run a handler component against one event (or a sequence of events)
     /// and print the outcome,
     /// emitted events, state writes and logs as JSON.
@@ -46,6 +58,84 @@ struct RunArgs {
     /// state and the DLQ. Mandatory when the admin address is not loopback.
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+}
+
+/// How to reach the admin API.
+#[derive(clap::Args, Clone)]
+struct ClientArgs {
+    /// Admin API base URL.
+    #[arg(long, env = "SLUICE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Bearer token of the admin API.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List entries, oldest first.
+    List {
+        /// Only this handler.
+        #[arg(long)]
+        handler: Option<String>,
+        /// Only this topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only this status: pending, redriven or discarded.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Entries after this id (from the previous page).
+        #[arg(long)]
+        cursor: Option<i64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one entry with its event and every attempt.
+    Show {
+        /// Entry id.
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run the entry's event again on the handler that failed.
+    Redrive {
+        /// Entry id.
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Drop the entry (and release its key if it was parked).
+    Discard {
+        /// Entry id.
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// An event, who processed it, what it emitted, and its causation chain.
+    Show {
+        /// Event id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct HandlersArgs {
+    /// Only this handler.
+    name: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(clap::Args)]
@@ -70,12 +160,8 @@ struct PublishArgs {
     /// Header / extension attribute, `name=value`; repeatable.
     #[arg(long = "header", short = 'H')]
     headers: Vec<String>,
-    /// Admin API base URL.
-    #[arg(long, env = "SLUICE_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// Bearer token of the admin API.
-    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(clap::Args)]
@@ -137,6 +223,9 @@ fn main() -> ExitCode {
         Command::Test(args) => run_test(args),
         Command::Run(args) => async_main(run_host(args)),
         Command::Publish(args) => async_main(publish(args)),
+        Command::Dlq { command } => async_main(dlq(command)),
+        Command::Events { command } => async_main(events(command)),
+        Command::Handlers(args) => async_main(handlers(args)),
     };
     match result {
         Ok(code) => code,
@@ -259,14 +348,37 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     if !headers.is_empty() {
         body["headers"] = headers.into();
     }
-    let url = format!(
-        "{}/v1/topics/{}/events",
-        args.url.trim_end_matches('/'),
-        args.topic
-    );
-    let mut request = reqwest::Client::new().post(&url).json(&body);
-    if let Some(token) = args.token {
+    let answer = call(
+        &args.client,
+        reqwest::Method::POST,
+        &format!("/v1/topics/{}/events", args.topic),
+        Some(body),
+    )
+    .await?;
+    if args.client.json {
+        println!("{answer}");
+    } else {
+        for id in answer["ids"].as_array().into_iter().flatten() {
+            println!("{}", id.as_str().unwrap_or_default());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One admin API call; an error answer becomes an error with its detail.
+async fn call(
+    client: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}{path}", client.url.trim_end_matches('/'));
+    let mut request = reqwest::Client::new().request(method, &url);
+    if let Some(token) = &client.token {
         request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
     }
     let response = request
         .send()
@@ -274,10 +386,293 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot reach {url}"))?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
     if !status.is_success() {
-        anyhow::bail!("{status}: {text}");
+        match (value["error"].as_str(), value["detail"].as_str()) {
+            (Some(error), Some(detail)) => anyhow::bail!("{status}: {error}: {detail}"),
+            _ => anyhow::bail!("{status}: {text}"),
+        }
     }
-    println!("{text}");
+    Ok(value)
+}
+
+/// Prints rows as aligned columns under a header.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn short(digest: &serde_json::Value) -> String {
+    cell(digest).chars().take(12).collect()
+}
+
+fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let (client, answer) = match command {
+        DlqCommand::List {
+            handler,
+            topic,
+            status,
+            limit,
+            cursor,
+            client,
+        } => {
+            let mut query = vec![format!("limit={limit}")];
+            for (name, value) in [("handler", handler), ("topic", topic), ("status", status)] {
+                if let Some(v) = value {
+                    query.push(format!("{name}={v}"));
+                }
+            }
+            if let Some(c) = cursor {
+                query.push(format!("cursor={c}"));
+            }
+            let answer = call(
+                &client,
+                reqwest::Method::GET,
+                &format!("/v1/dlq?{}", query.join("&")),
+                None,
+            )
+            .await?;
+            if client.json {
+                print_json(&answer)?;
+            } else {
+                let rows = answer["entries"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        vec![
+                            cell(&e["id"]),
+                            cell(&e["handler"]),
+                            short(&e["version"]),
+                            cell(&e["status"]),
+                            cell(&e["event"]["topic"]),
+                            cell(&e["event"]["id"]),
+                            e["attempts"].as_array().map_or(0, Vec::len).to_string(),
+                            cell(&e["error"]),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "ID", "HANDLER", "VERSION", "STATUS", "TOPIC", "EVENT", "ATTEMPTS", "ERROR",
+                    ],
+                    rows,
+                );
+                if let Some(next) = answer["next_cursor"].as_i64() {
+                    println!("(more: --cursor {next})");
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        DlqCommand::Show { id, client } => {
+            let answer = call(
+                &client,
+                reqwest::Method::GET,
+                &format!("/v1/dlq/{id}"),
+                None,
+            )
+            .await?;
+            (client, answer)
+        }
+        DlqCommand::Redrive { id, client } => {
+            let answer = call(
+                &client,
+                reqwest::Method::POST,
+                &format!("/v1/dlq/{id}/redrive"),
+                None,
+            )
+            .await?;
+            (client, answer)
+        }
+        DlqCommand::Discard { id, client } => {
+            let answer = call(
+                &client,
+                reqwest::Method::DELETE,
+                &format!("/v1/dlq/{id}"),
+                None,
+            )
+            .await?;
+            (client, answer)
+        }
+    };
+    if client.json {
+        print_json(&answer)?;
+    } else {
+        println!(
+            "entry {} ({}) for handler {} at version {}",
+            cell(&answer["id"]),
+            cell(&answer["status"]),
+            cell(&answer["handler"]),
+            short(&answer["version"])
+        );
+        println!(
+            "event {} ({}) on {} key {}",
+            cell(&answer["event"]["id"]),
+            cell(&answer["event"]["type"]),
+            cell(&answer["event"]["topic"]),
+            cell(&answer["event"]["key"])
+        );
+        let rows = answer["attempts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                vec![
+                    cell(&a["attempt"]),
+                    cell(&a["outcome"]),
+                    short(&a["version"]),
+                    cell(&a["at"]),
+                    cell(&a["error"]),
+                ]
+            })
+            .collect();
+        table(&["ATTEMPT", "OUTCOME", "VERSION", "AT(ms)", "ERROR"], rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn events(command: EventsCommand) -> anyhow::Result<ExitCode> {
+    let EventsCommand::Show { id, client } = command;
+    let answer = call(
+        &client,
+        reqwest::Method::GET,
+        &format!("/v1/events/{id}"),
+        None,
+    )
+    .await?;
+    if client.json {
+        print_json(&answer)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let e = &answer["event"];
+    println!(
+        "event {} ({}) on {} key {} seq {}",
+        cell(&e["id"]),
+        cell(&e["type"]),
+        cell(&e["topic"]),
+        cell(&e["key"]),
+        cell(&e["seq"])
+    );
+    for cause in answer["causes"].as_array().into_iter().flatten() {
+        println!(
+            "  caused by {} ({}) on {}",
+            cell(&cause["id"]),
+            cell(&cause["type"]),
+            cell(&cause["topic"])
+        );
+    }
+    let rows = answer["processed_by"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            vec![
+                cell(&p["handler"]),
+                cell(&p["outcome"]),
+                short(&p["version"]),
+                cell(&p["attempts"]),
+            ]
+        })
+        .collect();
+    table(&["HANDLER", "OUTCOME", "VERSION", "ATTEMPTS"], rows);
+    fn walk(effects: &serde_json::Value, depth: usize) {
+        for e in effects.as_array().into_iter().flatten() {
+            let ev = &e["event"];
+            println!(
+                "{}-> {} ({}) on {} key {}",
+                "  ".repeat(depth),
+                cell(&ev["id"]),
+                cell(&ev["type"]),
+                cell(&ev["topic"]),
+                cell(&ev["key"])
+            );
+            walk(&e["effects"], depth + 1);
+        }
+    }
+    walk(&answer["effects"], 1);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn handlers(args: HandlersArgs) -> anyhow::Result<ExitCode> {
+    let answer = call(&args.client, reqwest::Method::GET, "/v1/handlers", None).await?;
+    let all = answer["handlers"].as_object().cloned().unwrap_or_default();
+    let selected: Vec<(&String, &serde_json::Value)> = all
+        .iter()
+        .filter(|(name, _)| args.name.as_ref().is_none_or(|n| n == *name))
+        .collect();
+    if let Some(name) = &args.name
+        && selected.is_empty()
+    {
+        anyhow::bail!("no handler named {name}");
+    }
+    if args.client.json {
+        print_json(&serde_json::Value::Object(
+            selected
+                .into_iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let columns = [
+        "processed",
+        "duplicates",
+        "failed",
+        "retries",
+        "dead_lettered",
+        "parked",
+        "in_flight",
+    ];
+    let rows = selected
+        .iter()
+        .map(|(name, s)| {
+            std::iter::once(name.to_string())
+                .chain(columns.iter().map(|c| cell(&s[*c])))
+                .collect()
+        })
+        .collect();
+    table(
+        &[
+            "HANDLER",
+            "PROCESSED",
+            "DUPLICATES",
+            "FAILED",
+            "RETRIES",
+            "DEAD",
+            "PARKED",
+            "IN_FLIGHT",
+        ],
+        rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -213,7 +213,8 @@ async fn bad_requests_get_clear_json_errors_and_write_nothing() {
     assert_eq!(answer["error"], "not_found");
 }
 
-#[tokio::test]
+// Multi-threaded: the CLI calls block a thread while the server answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_endpoints() {
     let api = Api::start().await;
     let (_, body) = api
@@ -259,6 +260,28 @@ async fn dlq_endpoints() {
     assert_eq!(entry["attempts"][0]["error"], "nope");
     assert_eq!(api.get("/v1/dlq/999").await.0, 404);
 
+    // The CLI client shows the same.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .args(["--url", &api.base])
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["dlq", "list", "--handler", "h"]);
+    assert!(out.status.success());
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(listed.starts_with("ID"), "{listed}");
+    assert!(
+        listed.contains("bad-1") && listed.contains("fatal: nope"),
+        "{listed}"
+    );
+    let shown = String::from_utf8(cli(&["dlq", "show", &id.to_string()]).stdout).unwrap();
+    assert!(
+        shown.contains("for handler h") && shown.contains("nope"),
+        "{shown}"
+    );
+
     let (status, entry) = api.post(&format!("/v1/dlq/{id}/redrive"), "").await;
     assert_eq!(status, 200, "{entry}");
     assert_eq!(entry["status"], "redriven");
@@ -266,6 +289,13 @@ async fn dlq_endpoints() {
     let (status, answer) = api.delete(&format!("/v1/dlq/{id}")).await;
     assert_eq!(status, 409, "{answer}");
     assert_eq!(answer["error"], "conflict");
+    let out = cli(&["dlq", "discard", &id.to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("409") && err.contains("already redriven"),
+        "{err}"
+    );
     let (_, pending) = api.get("/v1/dlq?status=pending").await;
     assert!(pending["entries"].as_array().unwrap().is_empty());
 }

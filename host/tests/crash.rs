@@ -312,6 +312,41 @@ types = ["step.b"]
         404
     );
 
+    // The same through the CLI client.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .args(["--url", &base])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = cli(&["events", "show", "in-5"]);
+    assert!(
+        shown.starts_with("event in-5 (step.a) on in key k5"),
+        "{shown}"
+    );
+    assert!(shown.contains("first") && shown.contains("-> "), "{shown}");
+    let table = cli(&["handlers"]);
+    assert!(
+        table.lines().next().unwrap().starts_with("HANDLER"),
+        "{table}"
+    );
+    assert!(table.lines().any(|l| l.starts_with("second")), "{table}");
+    let json: Value = serde_json::from_str(&cli(&["handlers", "first", "--json"])).unwrap();
+    assert_eq!(json["first"]["in_flight"], 0);
+    let dlq = cli(&["dlq", "list"]);
+    assert_eq!(
+        dlq.lines().count(),
+        1,
+        "only the header: no dead letters\n{dlq}"
+    );
+
     // The operator's view agrees: nothing lags, nothing waits in the outbox.
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
