@@ -121,6 +121,10 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { Json(crate::openapi::document()) }),
+        )
         .route("/v1/topics", get(list_topics))
         .route("/v1/handlers", get(list_handlers))
         .merge(protected)

@@ -37,6 +37,7 @@ pub mod admin;
 pub mod config;
 pub mod event;
 pub mod harness;
+pub mod openapi;
 pub mod pipeline;
 pub mod runtime;
 pub mod store;

@@ -361,3 +361,59 @@ async fn a_token_guards_mutations_and_data_but_not_health() {
     assert_eq!(api.get("/v1/topics/t/events").await.0, 200);
     assert_eq!(api.get("/v1/dlq").await.0, 200);
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let api = Api::start().await;
+    let (status, doc) = api.get("/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let routes = [
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("get", "/v1/openapi.json"),
+        ("get", "/v1/topics"),
+        ("post", "/v1/topics/{topic}/events"),
+        ("get", "/v1/topics/{topic}/events"),
+        ("get", "/v1/handlers"),
+        ("get", "/v1/handlers/{name}/state/{key}"),
+        ("get", "/v1/events/{id}"),
+        ("get", "/v1/dlq"),
+        ("get", "/v1/dlq/{id}"),
+        ("delete", "/v1/dlq/{id}"),
+        ("post", "/v1/dlq/{id}/redrive"),
+    ];
+    for (method, path) in routes {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not described"
+        );
+        // And the route really exists (not a 404 from the fallback).
+        let url = format!(
+            "{}{}",
+            api.base,
+            path.replace("{topic}", "t")
+                .replace("{name}", "h")
+                .replace("{key}", "k")
+                .replace("{id}", "1")
+        );
+        let r = api
+            .client
+            .request(method.to_uppercase().parse().unwrap(), url)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_ne!(body["detail"], "no such endpoint", "{method} {path}");
+    }
+    assert_eq!(
+        doc["paths"].as_object().unwrap().len(),
+        routes
+            .iter()
+            .map(|r| r.1)
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        "every described path is a route"
+    );
+}

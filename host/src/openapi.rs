@@ -1,0 +1,174 @@
+//! The OpenAPI 3.1 description of the admin API, served at
+//! `/v1/openapi.json`. Kept by hand beside the router; a test checks that
+//! every route of the router is described.
+
+use serde_json::{Value, json};
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    })
+}
+
+fn ok_json(description: &str, schema: Value) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": schema}}
+    })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let secured = json!([{"bearer": []}]);
+    let unauthorized = error_response("missing or wrong bearer token");
+    let unavailable = error_response("the store is unavailable");
+    let any_object = json!({"type": "object"});
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Sluice admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Operate a Sluice host: append and read events, inspect handlers, state and choreographies, and operate the dead-letter queue. Errors are JSON {error, detail}."
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "detail"],
+                    "properties": {
+                        "error": {"type": "string", "description": "kind: bad_request, bad_json, unauthorized, not_found, conflict, store_unavailable"},
+                        "detail": {"type": "string", "description": "what was wrong"}
+                    }
+                },
+                "NewEvent": {
+                    "type": "object",
+                    "required": ["type"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "id": {"type": "string", "description": "generated (UUIDv7) when absent"},
+                        "type": {"type": "string"},
+                        "key": {"type": "string", "description": "ordering / partition key"},
+                        "source": {"type": "string", "description": "default /sluice/api"},
+                        "time": {"type": "string", "description": "RFC 3339; default now"},
+                        "data": {"description": "JSON payload (content type application/json by default)"},
+                        "data_base64": {"type": "string", "description": "raw payload, instead of data"},
+                        "content_type": {"type": "string"},
+                        "data_schema": {"type": "string"},
+                        "headers": {"type": "object", "additionalProperties": {"type": "string"}}
+                    }
+                },
+                "Event": {
+                    "type": "object",
+                    "description": "A log record: position, CloudEvents attributes, and data (JSON) or data_base64.",
+                    "properties": {
+                        "seq": {"type": "integer"}, "partition": {"type": "integer"}, "offset": {"type": "integer"},
+                        "appended_at": {"type": "integer"}, "id": {"type": "string"}, "source": {"type": "string"},
+                        "type": {"type": "string"}, "time": {"type": ["string", "null"]}, "topic": {"type": "string"},
+                        "key": {"type": ["string", "null"]}, "content_type": {"type": ["string", "null"]},
+                        "data_schema": {"type": ["string", "null"]},
+                        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "data": {}, "data_base64": {"type": "string"}
+                    }
+                },
+                "DlqEntry": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"}, "handler": {"type": "string"}, "version": {"type": "string"},
+                        "status": {"enum": ["pending", "redriven", "discarded"]}, "error": {"type": "string"},
+                        "attempts": {"type": "array", "items": {"type": "object"}},
+                        "created_at": {"type": "integer"}, "updated_at": {"type": "integer"},
+                        "event": {"$ref": "#/components/schemas/Event"}
+                    }
+                }
+            }
+        },
+        "paths": {
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": ok_json("alive", any_object.clone())}}},
+            "/readyz": {"get": {"summary": "Readiness: the store answers", "responses": {
+                "200": ok_json("ready", any_object.clone()), "503": unavailable.clone()}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics: per-handler counters, latency histograms, lag, outbox backlog",
+                "responses": {"200": {"description": "text exposition", "content": {"text/plain": {}}}}}},
+            "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": ok_json("OpenAPI 3.1", any_object.clone())}}},
+            "/v1/topics": {"get": {"summary": "Topics with partition counts and sizes", "responses": {"200": ok_json("topics", any_object.clone())}}},
+            "/v1/topics/{topic}/events": {
+                "parameters": [{"name": "topic", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "post": {
+                    "summary": "Append one event or an array of events",
+                    "security": secured.clone(),
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [
+                        {"$ref": "#/components/schemas/NewEvent"},
+                        {"type": "array", "items": {"$ref": "#/components/schemas/NewEvent"}}
+                    ]}}}},
+                    "responses": {
+                        "202": ok_json("accepted; the ids and log positions", any_object.clone()),
+                        "400": error_response("invalid JSON or event (nothing is written)"),
+                        "401": unauthorized.clone(),
+                        "413": {"description": "body over the size limit"},
+                        "503": unavailable.clone()
+                    }
+                },
+                "get": {
+                    "summary": "Read the log after a sequence number",
+                    "security": secured.clone(),
+                    "parameters": [
+                        {"name": "after", "in": "query", "schema": {"type": "integer", "default": 0}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 100, "maximum": 1000}}
+                    ],
+                    "responses": {
+                        "200": ok_json("events and next_after", json!({"type": "object", "properties": {
+                            "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                            "next_after": {"type": "integer"}}})),
+                        "401": unauthorized.clone()
+                    }
+                }
+            },
+            "/v1/handlers": {"get": {"summary": "Running handlers and their counters", "responses": {"200": ok_json("handlers", any_object.clone())}}},
+            "/v1/handlers/{name}/state/{key}": {"get": {
+                "summary": "Per-key state of a handler",
+                "security": secured.clone(),
+                "parameters": [
+                    {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": ok_json("fields; JSON values as JSON, others as {\"$base64\": ...}", any_object.clone()), "401": unauthorized.clone()}
+            }},
+            "/v1/events/{id}": {"get": {
+                "summary": "An event, the handlers that processed it (version, outcome), what it emitted, and its causation chain up and down",
+                "security": secured.clone(),
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": ok_json("the event's story", any_object.clone()), "401": unauthorized.clone(), "404": error_response("no such event")}
+            }},
+            "/v1/dlq": {"get": {
+                "summary": "Dead-letter entries, oldest first",
+                "security": secured.clone(),
+                "parameters": [
+                    {"name": "handler", "in": "query", "schema": {"type": "string"}},
+                    {"name": "topic", "in": "query", "schema": {"type": "string"}},
+                    {"name": "status", "in": "query", "schema": {"enum": ["pending", "redriven", "discarded"]}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 100, "maximum": 1000}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "integer"}}
+                ],
+                "responses": {"200": ok_json("entries and next_cursor", json!({"type": "object", "properties": {
+                    "entries": {"type": "array", "items": {"$ref": "#/components/schemas/DlqEntry"}},
+                    "next_cursor": {"type": ["integer", "null"]}}})), "401": unauthorized.clone()}
+            }},
+            "/v1/dlq/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                "get": {"summary": "One entry", "security": secured.clone(), "responses": {
+                    "200": ok_json("the entry", json!({"$ref": "#/components/schemas/DlqEntry"})),
+                    "401": unauthorized.clone(), "404": error_response("no such entry")}},
+                "delete": {"summary": "Discard a pending entry (and release its key if parked)", "security": secured.clone(), "responses": {
+                    "200": ok_json("the entry", json!({"$ref": "#/components/schemas/DlqEntry"})),
+                    "401": unauthorized.clone(), "404": error_response("no such entry"), "409": error_response("not pending")}}
+            },
+            "/v1/dlq/{id}/redrive": {
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                "post": {"summary": "Run a pending entry's event again on the handler that failed", "security": secured, "responses": {
+                    "200": ok_json("the entry", json!({"$ref": "#/components/schemas/DlqEntry"})),
+                    "401": unauthorized, "404": error_response("no such entry"), "409": error_response("not pending")}}
+            }
+        }
+    })
+}
