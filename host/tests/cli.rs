@@ -312,3 +312,56 @@ fn run_refuses_a_public_admin_address_without_a_token() {
         "{err}"
     );
 }
+
+#[test]
+fn run_reports_an_unusable_store_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    // A regular file where the database directory should be.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"sqlite://{}/sluice.db\"\n[admin]\naddr = \"127.0.0.1:0\"\n",
+            blocker.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("opening the store sqlite://"), "{err}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[store]\nurl = \"postgres://nowhere\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unsupported scheme"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "[stor]\nurl = \"x\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(&typo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unknown field `stor`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
