@@ -115,6 +115,37 @@ pub struct AttemptRecord {
     pub at: i64,
 }
 
+/// One uploaded version of a handler's component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// Version number, from 1 per handler.
+    pub version: i64,
+    /// Hex SHA-256 of the component bytes.
+    pub digest: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// Upload time, ms since the epoch.
+    pub uploaded_at: i64,
+}
+
+/// A registered handler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandlerRecord {
+    /// Name.
+    pub name: String,
+    /// Its configuration (subscriptions, retry policy, limits, DLQ mode), as
+    /// the admin API accepted it.
+    pub config: serde_json::Value,
+    /// The version new events run on, if any was activated.
+    pub active_version: Option<i64>,
+    /// Every version, oldest first.
+    pub versions: Vec<VersionInfo>,
+    /// Created, ms since the epoch.
+    pub created_at: i64,
+    /// Last change, ms since the epoch.
+    pub updated_at: i64,
+}
+
 /// A handler's final outcome for an event, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessedRecord {
@@ -373,6 +404,33 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of outbox rows not yet delivered.
     async fn outbox_backlog(&self) -> Result<i64>;
+
+    /// Creates or updates a handler's configuration; versions are kept.
+    async fn put_handler(&self, name: &str, config: &serde_json::Value) -> Result<HandlerRecord>;
+
+    /// One registered handler with its versions.
+    async fn handler(&self, name: &str) -> Result<Option<HandlerRecord>>;
+
+    /// Every registered handler, by name.
+    async fn handlers(&self) -> Result<Vec<HandlerRecord>>;
+
+    /// Removes a handler and its versions; `false` if there was none.
+    async fn delete_handler(&self, name: &str) -> Result<bool>;
+
+    /// Stores a component as the handler's next version, or returns the
+    /// existing version with the same digest (`false`: nothing new).
+    async fn add_version(
+        &self,
+        name: &str,
+        digest: &str,
+        component: &[u8],
+    ) -> Result<(VersionInfo, bool)>;
+
+    /// The bytes of one version.
+    async fn component(&self, name: &str, version: i64) -> Result<Option<Vec<u8>>>;
+
+    /// Makes `version` the active one.
+    async fn activate(&self, name: &str, version: i64) -> Result<HandlerRecord>;
 
     /// For each topic `handler` has a position on: the number of events
     /// after that position (the handler's lag).

@@ -21,8 +21,8 @@ use sqlx::{QueryBuilder, Row};
 
 use super::{
     Appended, AttemptRecord, Batch, CommitReport, DlqAction, DlqEntry, DlqFilter, DlqStatus, Error,
-    LogRecord, PendingAction, ProcessedRecord, Result, Store, StoreOptions, Synchronous, TopicInfo,
-    now_ms,
+    HandlerRecord, LogRecord, PendingAction, ProcessedRecord, Result, Store, StoreOptions,
+    Synchronous, TopicInfo, VersionInfo, now_ms,
 };
 use crate::event::{Event, partition_for_key};
 use crate::runtime::StateMap;
@@ -737,6 +737,183 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn put_handler(&self, name: &str, config: &serde_json::Value) -> Result<HandlerRecord> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO handlers (name, config, created_at, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(to_json(config)?)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        self.handler(name)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("handler {name}")))
+    }
+
+    async fn handler(&self, name: &str) -> Result<Option<HandlerRecord>> {
+        let Some(row) = sqlx::query("SELECT * FROM handlers WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let versions = sqlx::query(
+            "SELECT version, digest, size, uploaded_at FROM handler_versions WHERE handler = ? ORDER BY version",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(VersionInfo {
+                version: r.try_get("version")?,
+                digest: r.try_get("digest")?,
+                size: r.try_get("size")?,
+                uploaded_at: r.try_get("uploaded_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let config: String = row.try_get("config")?;
+        Ok(Some(HandlerRecord {
+            name: row.try_get("name")?,
+            config: from_json(&config, "handler config")?,
+            active_version: row.try_get("active_version")?,
+            versions,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        }))
+    }
+
+    async fn handlers(&self) -> Result<Vec<HandlerRecord>> {
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM handlers ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(h) = self.handler(&name).await? {
+                out.push(h);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_handler(&self, name: &str) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM handler_versions WHERE handler = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let gone = sqlx::query("DELETE FROM handlers WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(gone == 1)
+    }
+
+    async fn add_version(
+        &self,
+        name: &str,
+        digest: &str,
+        component: &[u8],
+    ) -> Result<(VersionInfo, bool)> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM handlers WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(Error::NotFound(format!("handler {name}")));
+        }
+        if let Some(r) = sqlx::query(
+            "SELECT version, digest, size, uploaded_at FROM handler_versions WHERE handler = ? AND digest = ?",
+        )
+        .bind(name)
+        .bind(digest)
+        .fetch_optional(&mut *tx)
+        .await?
+        {
+            return Ok((
+                VersionInfo {
+                    version: r.try_get("version")?,
+                    digest: r.try_get("digest")?,
+                    size: r.try_get("size")?,
+                    uploaded_at: r.try_get("uploaded_at")?,
+                },
+                false,
+            ));
+        }
+        let version: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM handler_versions WHERE handler = ?",
+        )
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+        let now = now_ms();
+        let size = i64::try_from(component.len()).unwrap_or(i64::MAX);
+        sqlx::query(
+            "INSERT INTO handler_versions (handler, version, digest, component, size, uploaded_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(name)
+        .bind(version)
+        .bind(digest)
+        .bind(component)
+        .bind(size)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((
+            VersionInfo {
+                version,
+                digest: digest.to_owned(),
+                size,
+                uploaded_at: now,
+            },
+            true,
+        ))
+    }
+
+    async fn component(&self, name: &str, version: i64) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT component FROM handler_versions WHERE handler = ? AND version = ?",
+        )
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn activate(&self, name: &str, version: i64) -> Result<HandlerRecord> {
+        let known: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM handler_versions WHERE handler = ? AND version = ?",
+        )
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        if known.is_none() {
+            return Err(Error::NotFound(format!(
+                "version {version} of handler {name}"
+            )));
+        }
+        sqlx::query("UPDATE handlers SET active_version = ?, updated_at = ? WHERE name = ?")
+            .bind(version)
+            .bind(now_ms())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        self.handler(name)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("handler {name}")))
+    }
+
     async fn lag(&self, handler: &str) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query(
             "SELECT p.topic, (SELECT COUNT(*) FROM events e WHERE e.topic = p.topic AND e.seq > p.position) AS lag \
@@ -1000,6 +1177,43 @@ mod tests {
         assert_eq!(s.outbox_backlog().await.unwrap(), 0);
         let out = s.read_log("out", 0, 10).await.unwrap();
         assert_eq!(out[0].event.id, "out-1");
+    }
+
+    #[tokio::test]
+    async fn handler_registry_versions_and_activation() {
+        let (_d, s) = store().await;
+        assert!(matches!(
+            s.add_version("h", "d1", b"x").await,
+            Err(Error::NotFound(_))
+        ));
+        let cfg = serde_json::json!({"topics": ["orders"]});
+        let h = s.put_handler("h", &cfg).await.unwrap();
+        assert_eq!((h.config.clone(), h.active_version), (cfg, None));
+        let (v1, new) = s.add_version("h", "d1", b"one").await.unwrap();
+        assert!(new && v1.version == 1 && v1.size == 3);
+        let (v2, _) = s.add_version("h", "d2", b"two!").await.unwrap();
+        assert_eq!(v2.version, 2);
+        // Identical bytes: the existing version.
+        let (again, new) = s.add_version("h", "d1", b"one").await.unwrap();
+        assert!(!new);
+        assert_eq!(again, v1);
+        assert_eq!(s.component("h", 2).await.unwrap().unwrap(), b"two!");
+        assert!(s.component("h", 3).await.unwrap().is_none());
+        let h = s.activate("h", 2).await.unwrap();
+        assert_eq!(h.active_version, Some(2));
+        assert_eq!(h.versions.len(), 2);
+        assert!(matches!(s.activate("h", 9).await, Err(Error::NotFound(_))));
+        // Updating the config keeps versions and the active one.
+        let h = s
+            .put_handler("h", &serde_json::json!({"topics": ["other"]}))
+            .await
+            .unwrap();
+        assert_eq!((h.active_version, h.versions.len()), (Some(2), 2));
+        assert_eq!(s.handlers().await.unwrap().len(), 1);
+        assert!(s.delete_handler("h").await.unwrap());
+        assert!(!s.delete_handler("h").await.unwrap());
+        assert!(s.handler("h").await.unwrap().is_none());
+        assert!(s.component("h", 2).await.unwrap().is_none());
     }
 
     #[tokio::test]
