@@ -13,6 +13,7 @@ pub const GUESTS: &[&str] = &[
     "hostile",
     "other-world",
     "chain",
+    "chain-v2",
 ];
 
 /// The workspace root.

@@ -104,8 +104,9 @@ struct TopicCursor {
     inflight: BTreeMap<i64, Phase>,
 }
 
-/// An invocation's result and the state it ran against.
-type Ran = (Item, Result<(Invocation, StateMap), store::Error>);
+/// An invocation's result, the state it ran against and the version (the
+/// component digest) that ran it.
+type Ran = (Item, Result<(Invocation, StateMap, Arc<str>), store::Error>);
 type Running = FuturesUnordered<tokio::task::JoinHandle<Ran>>;
 
 /// Upper bound of the state cache, in bytes of names and values.
@@ -114,8 +115,9 @@ const STATE_CACHE_BYTES: u64 = 64 << 20;
 /// A handler's dispatcher; see the module docs.
 pub struct Dispatcher {
     cfg: HandlerConfig,
-    handler: Handler,
-    version: String,
+    /// The active version. Swapped by activation: invocations started
+    /// before keep the version they started with.
+    handler: watch::Receiver<Handler>,
     store: Arc<dyn Store>,
     committer: Committer,
     signals: Signals,
@@ -153,7 +155,7 @@ impl Dispatcher {
     /// attempts of events that were being retried.
     pub async fn new(
         cfg: HandlerConfig,
-        handler: Handler,
+        handler: watch::Receiver<Handler>,
         store: Arc<dyn Store>,
         committer: Committer,
         signals: Signals,
@@ -199,10 +201,8 @@ impl Dispatcher {
         }
         let restored = store.pending_attempts(&cfg.name).await?;
         let parked = store.parked_keys(&cfg.name).await?;
-        let version = handler.component().digest().to_owned();
         Ok(Self {
             handler,
-            version,
             store,
             committer,
             signals,
@@ -457,7 +457,8 @@ impl Dispatcher {
 
     fn invoke(&mut self, item: Item) -> tokio::task::JoinHandle<Ran> {
         let store = self.store.clone();
-        let handler = self.handler.clone();
+        let handler = self.handler.borrow().clone();
+        let version: Arc<str> = Arc::from(handler.component().digest());
         let cached = item
             .record
             .event
@@ -476,7 +477,7 @@ impl Dispatcher {
             let invocation = handler
                 .invoke(&item.record.event, item.attempt, state.clone())
                 .await;
-            (item, Ok((invocation, state)))
+            (item, Ok((invocation, state, version)))
         })
     }
 
@@ -506,10 +507,10 @@ impl Dispatcher {
     fn complete(
         &mut self,
         mut item: Item,
-        result: Result<(Invocation, StateMap), store::Error>,
+        result: Result<(Invocation, StateMap, Arc<str>), store::Error>,
         stopping: bool,
     ) {
-        let (invocation, state_before) = match result {
+        let (invocation, state_before, version) = match result {
             Ok(ran) => ran,
             Err(error) => {
                 // Not the handler's fault: try again without counting it.
@@ -549,7 +550,7 @@ impl Dispatcher {
                 });
                 self.batch.processed.push(Processed {
                     handler: self.cfg.name.clone(),
-                    version: self.version.clone(),
+                    version: version.to_string(),
                     topic: event.topic.clone(),
                     seq: item.record.seq,
                     event_id: event.id.clone(),
@@ -577,7 +578,7 @@ impl Dispatcher {
                     attempt: item.attempt,
                     outcome: failed.kind().to_owned(),
                     error: message,
-                    version: self.version.clone(),
+                    version: version.to_string(),
                     at: now_ms(),
                 };
                 let retry = failed.is_retryable() && item.attempt < self.cfg.retry.max_attempts;
@@ -620,7 +621,7 @@ impl Dispatcher {
                     item.failures.push(record);
                     self.batch.dead_letters.push(DeadLetter {
                         handler: self.cfg.name.clone(),
-                        version: self.version.clone(),
+                        version: version.to_string(),
                         record: item.record.clone(),
                         attempts: std::mem::take(&mut item.failures),
                         park,

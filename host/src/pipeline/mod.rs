@@ -31,7 +31,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, HandlerConfig};
-use crate::runtime::{self, Runtime};
+use crate::runtime::{self, Handler, LoadedComponent, Runtime};
 use crate::store::{self, Batch, CommitReport, Store};
 
 /// Errors of starting the pipeline.
@@ -48,6 +48,9 @@ pub enum Error {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// No handler of that name runs here.
+    #[error("no handler named {0}")]
+    UnknownHandler(String),
 }
 
 /// Result of this module.
@@ -289,6 +292,9 @@ impl Default for Signals {
 pub struct Pipeline {
     /// Stats per handler.
     pub stats: HashMap<String, Arc<HandlerStats>>,
+    /// The active version of each handler.
+    versions: HashMap<String, watch::Sender<Handler>>,
+    runtime: Arc<Runtime>,
     /// The signals, for the admin API.
     pub signals: Signals,
     shutdown: watch::Sender<bool>,
@@ -315,8 +321,10 @@ impl Pipeline {
             signals.relay.clone(),
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let runtime = runtime.clone();
         let mut tasks = Vec::new();
         let mut stats = HashMap::new();
+        let mut versions = HashMap::new();
         for handler in &config.handlers {
             let spawned = spawn_handler(
                 handler,
@@ -329,7 +337,8 @@ impl Pipeline {
             )
             .await?;
             stats.insert(handler.name.clone(), spawned.0);
-            tasks.push(spawned.1);
+            versions.insert(handler.name.clone(), spawned.1);
+            tasks.push(spawned.2);
         }
         tasks.push(tokio::spawn(relay::run(
             store.clone(),
@@ -344,12 +353,36 @@ impl Pipeline {
         signals.relay.notify_one();
         Ok(Self {
             stats,
+            versions,
+            runtime,
             signals,
             shutdown,
             tasks,
             committer_task,
             committer: Some(committer),
         })
+    }
+
+    /// Hot swap: from now on, `handler` runs `component`. Invocations that
+    /// already started finish on the version that started them; every event
+    /// started afterwards runs the new one. No restart, nothing lost.
+    pub fn activate(&self, handler: &str, component: Arc<LoadedComponent>) -> Result<()> {
+        let sender = self
+            .versions
+            .get(handler)
+            .ok_or_else(|| Error::UnknownHandler(handler.to_owned()))?;
+        let limits = sender.borrow().limits().clone();
+        let next = self.runtime.handler(handler, component, limits);
+        tracing::info!(handler, digest = %next.component().digest(), "version activated");
+        sender.send_replace(next);
+        Ok(())
+    }
+
+    /// The digest of the version `handler` runs now.
+    pub fn active_digest(&self, handler: &str) -> Option<String> {
+        self.versions
+            .get(handler)
+            .map(|s| s.borrow().component().digest().to_owned())
     }
 
     /// Stops reading, lets running invocations finish and commit, then
@@ -373,7 +406,7 @@ async fn spawn_handler(
     committer: &Committer,
     signals: &Signals,
     shutdown: watch::Receiver<bool>,
-) -> Result<(Arc<HandlerStats>, JoinHandle<()>)> {
+) -> Result<(Arc<HandlerStats>, watch::Sender<Handler>, JoinHandle<()>)> {
     let path = handler.component.clone();
     let rt = runtime.clone();
     let component = tokio::task::spawn_blocking(move || rt.load_file(&path))
@@ -393,10 +426,11 @@ async fn spawn_handler(
         "handler loaded"
     );
     let bound = runtime.handler(&handler.name, component, handler.limits.clone());
+    let (version_tx, version_rx) = watch::channel(bound);
     let stats = Arc::new(HandlerStats::default());
     let dispatcher = dispatcher::Dispatcher::new(
         handler.clone(),
-        bound,
+        version_rx,
         store.clone(),
         committer.clone(),
         signals.clone(),
@@ -404,5 +438,5 @@ async fn spawn_handler(
         &config.pipeline,
     )
     .await?;
-    Ok((stats, tokio::spawn(dispatcher.run(shutdown))))
+    Ok((stats, version_tx, tokio::spawn(dispatcher.run(shutdown))))
 }
