@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::config::valid_topic_name;
 use crate::event::{Event, valid_header_name};
-use crate::pipeline::{HandlerStats, Signals};
+use crate::pipeline::{self, HandlerStats, Pipeline, Signals};
 use crate::store::{self, DlqAction, DlqFilter, DlqStatus, LogRecord, Store};
 
 /// What the handlers of the API share.
@@ -39,6 +39,11 @@ pub struct AppState {
     /// Bearer token required for mutating calls and for reading events,
     /// state and the DLQ; `None` leaves them open (loopback only).
     pub token: Option<String>,
+    /// Largest accepted component upload, in bytes.
+    pub max_upload_bytes: usize,
+    /// The running pipeline, for uploads and activations (`None` when the
+    /// API runs without one, as in some tests).
+    pub pipeline: Option<Arc<Pipeline>>,
 }
 
 /// An API error: status, kind and detail.
@@ -70,6 +75,37 @@ impl IntoResponse for ApiError {
             Json(json!({"error": self.kind, "detail": self.detail})),
         )
             .into_response()
+    }
+}
+
+impl From<pipeline::Error> for ApiError {
+    fn from(e: pipeline::Error) -> Self {
+        use crate::runtime::Error as R;
+        match e {
+            pipeline::Error::UnknownHandler(name) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_handler",
+                format!("no handler named {name}"),
+            ),
+            pipeline::Error::Component { source, .. } => match source {
+                R::WrongWorld(_) => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "wrong_world",
+                    source.to_string(),
+                ),
+                R::NotWasm(_) | R::CoreModule | R::Invalid(_) | R::Read { .. } => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_component",
+                    source.to_string(),
+                ),
+                R::Engine(_) => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    source.to_string(),
+                ),
+            },
+            pipeline::Error::Store(e) => e.into(),
+        }
     }
 }
 
@@ -113,6 +149,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/dlq", get(list_dlq))
         .route("/v1/dlq/{id}", get(get_dlq).delete(discard_dlq))
         .route("/v1/dlq/{id}/redrive", post(redrive_dlq))
+        .route(
+            "/v1/handlers/{name}/versions",
+            post(upload_version).layer(DefaultBodyLimit::max(state.max_upload_bytes)),
+        )
+        .route("/v1/handlers/{name}/activate", post(activate_version))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -127,6 +168,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/topics", get(list_topics))
         .route("/v1/handlers", get(list_handlers))
+        .route("/v1/handlers/{name}", get(get_handler))
         .merge(protected)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -568,6 +610,115 @@ fn effects_tree<'a>(
         }
         Ok(out)
     })
+}
+
+fn running(state: &AppState) -> ApiResult<&Arc<Pipeline>> {
+    state.pipeline.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_pipeline",
+            "this server runs no pipeline",
+        )
+    })
+}
+
+/// A handler's configuration, versions (with digests and upload times),
+/// active version and counters.
+async fn get_handler(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let record = state.store.handler(&name).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_handler",
+            format!("no handler named {name}"),
+        )
+    })?;
+    let stats = state.stats.get(&name).map(|s| s.snapshot());
+    let lag: BTreeMap<String, i64> = state.store.lag(&name).await?.into_iter().collect();
+    Ok(Json(json!({
+        "name": record.name,
+        "config": record.config,
+        "active_version": record.active_version,
+        "versions": record.versions,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "stats": stats,
+        "lag": lag,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadParams {
+    #[serde(default)]
+    activate: bool,
+}
+
+/// Uploads a component: validated and compiled before the answer; 201 with
+/// the new version, or 200 with the existing one for identical bytes.
+async fn upload_version(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<UploadParams>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default();
+        if !(ct.starts_with("application/wasm") || ct.starts_with("application/octet-stream")) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("send the component as application/wasm, not {ct}"),
+            ));
+        }
+    }
+    let pipeline = running(&state)?;
+    let (info, created) = pipeline
+        .upload(&name, body.to_vec(), params.activate)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({
+            "version": info.version,
+            "digest": info.digest,
+            "size": info.size,
+            "uploaded_at": info.uploaded_at,
+            "created": created,
+            "activated": params.activate,
+        })),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivateBody {
+    version: i64,
+}
+
+/// The hot swap: later events run the given version; in-flight ones finish
+/// on theirs.
+async fn activate_version(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let request: ActivateBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?;
+    let pipeline = running(&state)?;
+    let record = pipeline.activate_version(&name, request.version).await?;
+    Ok(Json(json!({
+        "name": record.name,
+        "active_version": record.active_version,
+        "versions": record.versions,
+    })))
 }
 
 async fn get_state(

@@ -107,6 +107,9 @@ pub struct AdminConfig {
     pub addr: SocketAddr,
     /// Largest accepted request body for event appends, in bytes.
     pub max_body_bytes: usize,
+    /// Largest accepted component upload, in bytes; enforced while the body
+    /// streams in.
+    pub max_upload_bytes: usize,
 }
 
 impl Default for AdminConfig {
@@ -114,6 +117,7 @@ impl Default for AdminConfig {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 16 << 20,
+            max_upload_bytes: 50 << 20,
         }
     }
 }

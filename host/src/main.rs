@@ -280,7 +280,8 @@ async fn run_host(args: RunArgs) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("opening the store {}", config.store.url))?;
     let runtime = Arc::new(Runtime::new(config.runtime.clone())?);
     let signals = Signals::new();
-    let pipeline = Pipeline::start(&config, store.clone(), runtime, signals.clone()).await?;
+    let pipeline =
+        Arc::new(Pipeline::start(&config, store.clone(), runtime, signals.clone()).await?);
     let listener = tokio::net::TcpListener::bind(config.admin.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.admin.addr))?;
@@ -292,6 +293,8 @@ async fn run_host(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_body_bytes: config.admin.max_body_bytes,
         stats: Arc::new(pipeline.stats.clone().into_iter().collect()),
         token,
+        max_upload_bytes: config.admin.max_upload_bytes,
+        pipeline: Some(pipeline.clone()),
     };
     admin::serve(listener, admin::app(state), shutdown_signal())
         .await

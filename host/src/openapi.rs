@@ -125,6 +125,44 @@ pub fn document() -> Value {
                 }
             },
             "/v1/handlers": {"get": {"summary": "Running handlers and their counters", "responses": {"200": ok_json("handlers", any_object.clone())}}},
+            "/v1/handlers/{name}": {"get": {
+                "summary": "A handler: configuration, versions with digests and upload times, active version, counters, lag",
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": ok_json("the handler", any_object.clone()), "404": error_response("unknown handler")}
+            }},
+            "/v1/handlers/{name}/versions": {"post": {
+                "summary": "Upload a component version (validated and compiled before the answer); ?activate=true activates it",
+                "security": secured.clone(),
+                "parameters": [
+                    {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "activate", "in": "query", "schema": {"type": "boolean", "default": false}}
+                ],
+                "requestBody": {"required": true, "content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {
+                    "201": ok_json("a new version: {version, digest, size, uploaded_at, created, activated}", any_object.clone()),
+                    "200": ok_json("identical bytes: the existing version", any_object.clone()),
+                    "400": error_response("not a valid component (garbage, core module, broken)"),
+                    "401": unauthorized.clone(),
+                    "404": error_response("unknown handler"),
+                    "413": {"description": "larger than admin.max_upload_bytes (default 50 MiB)"},
+                    "415": error_response("not application/wasm"),
+                    "422": error_response("a component of another world")
+                }
+            }},
+            "/v1/handlers/{name}/activate": {"post": {
+                "summary": "Hot swap: later events run this version; in-flight ones finish on theirs. Rollback is activating an older version.",
+                "security": secured.clone(),
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["version"], "additionalProperties": false,
+                    "properties": {"version": {"type": "integer"}}}}}},
+                "responses": {
+                    "200": ok_json("the handler's versions and active version", any_object.clone()),
+                    "400": error_response("bad JSON"),
+                    "401": unauthorized.clone(),
+                    "404": error_response("unknown handler or version")
+                }
+            }},
             "/v1/handlers/{name}/state/{key}": {"get": {
                 "summary": "Per-key state of a handler",
                 "security": secured.clone(),

@@ -40,6 +40,8 @@ impl Api {
             max_body_bytes: 64 << 10,
             stats: Arc::new(BTreeMap::new()),
             token: token.map(Into::into),
+            max_upload_bytes: 1 << 20,
+            pipeline: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -334,6 +336,8 @@ async fn a_token_guards_mutations_and_data_but_not_health() {
         ("GET", "/v1/dlq/1"),
         ("POST", "/v1/dlq/1/redrive"),
         ("DELETE", "/v1/dlq/1"),
+        ("POST", "/v1/handlers/h/versions"),
+        ("POST", "/v1/handlers/h/activate"),
     ];
     for (method, path) in guarded {
         let method: reqwest::Method = method.parse().unwrap();
@@ -377,6 +381,9 @@ async fn the_openapi_document_describes_every_route() {
         ("post", "/v1/topics/{topic}/events"),
         ("get", "/v1/topics/{topic}/events"),
         ("get", "/v1/handlers"),
+        ("get", "/v1/handlers/{name}"),
+        ("post", "/v1/handlers/{name}/versions"),
+        ("post", "/v1/handlers/{name}/activate"),
         ("get", "/v1/handlers/{name}/state/{key}"),
         ("get", "/v1/events/{id}"),
         ("get", "/v1/dlq"),

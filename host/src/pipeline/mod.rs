@@ -297,10 +297,11 @@ pub struct Pipeline {
     runtime: Arc<Runtime>,
     /// The signals, for the admin API.
     pub signals: Signals,
+    store: Arc<dyn Store>,
     shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-    committer_task: JoinHandle<()>,
-    committer: Option<Committer>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    committer_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    committer: std::sync::Mutex<Option<Committer>>,
 }
 
 impl Pipeline {
@@ -356,10 +357,11 @@ impl Pipeline {
             versions,
             runtime,
             signals,
+            store,
             shutdown,
-            tasks,
-            committer_task,
-            committer: Some(committer),
+            tasks: std::sync::Mutex::new(tasks),
+            committer_task: std::sync::Mutex::new(Some(committer_task)),
+            committer: std::sync::Mutex::new(Some(committer)),
         })
     }
 
@@ -387,14 +389,129 @@ impl Pipeline {
 
     /// Stops reading, lets running invocations finish and commit, then
     /// stops. Events waiting for a retry are left to the next start.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks.drain(..) {
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for task in tasks {
             let _ = task.await;
         }
         // Dropping the last sender ends the committer after its queue drains.
-        self.committer.take();
-        let _ = (&mut self.committer_task).await;
+        lock(&self.committer).take();
+        let committer_task = lock(&self.committer_task).take();
+        if let Some(task) = committer_task {
+            let _ = task.await;
+        }
+    }
+
+    /// Validates and compiles `bytes` and stores them as the next version of
+    /// `handler` (or finds the identical version already stored); with
+    /// `activate`, hot-swaps to it.
+    pub async fn upload(
+        &self,
+        handler: &str,
+        bytes: Vec<u8>,
+        activate: bool,
+    ) -> Result<(store::VersionInfo, bool)> {
+        if !self.versions.contains_key(handler) {
+            return Err(Error::UnknownHandler(handler.to_owned()));
+        }
+        let (component, bytes) = compile(&self.runtime, handler, bytes).await?;
+        let (info, created) = self
+            .store
+            .add_version(handler, component.digest(), &bytes)
+            .await?;
+        if activate {
+            self.activate(handler, component)?;
+            self.store.activate(handler, info.version).await?;
+        }
+        Ok((info, created))
+    }
+
+    /// Hot-swaps `handler` to its stored version `version` (rollback is
+    /// activating an older one).
+    pub async fn activate_version(
+        &self,
+        handler: &str,
+        version: i64,
+    ) -> Result<store::HandlerRecord> {
+        if !self.versions.contains_key(handler) {
+            return Err(Error::UnknownHandler(handler.to_owned()));
+        }
+        let bytes = self
+            .store
+            .component(handler, version)
+            .await?
+            .ok_or_else(|| {
+                store::Error::NotFound(format!("version {version} of handler {handler}"))
+            })?;
+        let (component, _) = compile(&self.runtime, handler, bytes).await?;
+        self.activate(handler, component)?;
+        Ok(self.store.activate(handler, version).await?)
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Compiles (or finds in the cache) a component off the async threads.
+async fn compile(
+    runtime: &Arc<Runtime>,
+    handler: &str,
+    bytes: Vec<u8>,
+) -> Result<(Arc<LoadedComponent>, Vec<u8>)> {
+    let rt = runtime.clone();
+    tokio::task::spawn_blocking(move || rt.load(&bytes).map(|c| (c, bytes)))
+        .await
+        .map_err(|e| Error::Component {
+            handler: handler.to_owned(),
+            source: runtime::Error::Engine(format!("compile task failed: {e}")),
+        })?
+        .map_err(|source| Error::Component {
+            handler: handler.to_owned(),
+            source,
+        })
+}
+
+/// Registers a configured handler and its component in the registry, and
+/// decides which version runs: a component file new to the registry is
+/// activated (the operator changed the file); otherwise the registry's
+/// active version runs, so activations made through the API survive a
+/// restart.
+async fn seed_registry(
+    handler: &HandlerConfig,
+    store: &Arc<dyn Store>,
+    runtime: &Arc<Runtime>,
+) -> Result<Arc<LoadedComponent>> {
+    let bytes = std::fs::read(&handler.component).map_err(|source| Error::Component {
+        handler: handler.name.clone(),
+        source: runtime::Error::Read {
+            path: handler.component.clone(),
+            source,
+        },
+    })?;
+    let (from_file, bytes) = compile(runtime, &handler.name, bytes).await?;
+    let config = serde_json::to_value(handler)
+        .map_err(|e| store::Error::Corrupt(format!("handler {} config: {e}", handler.name)))?;
+    let record = store.put_handler(&handler.name, &config).await?;
+    let (info, created) = store
+        .add_version(&handler.name, from_file.digest(), &bytes)
+        .await?;
+    match record.active_version {
+        Some(active) if !created && active != info.version => {
+            let stored = store
+                .component(&handler.name, active)
+                .await?
+                .ok_or_else(|| {
+                    store::Error::NotFound(format!("version {active} of handler {}", handler.name))
+                })?;
+            Ok(compile(runtime, &handler.name, stored).await?.0)
+        }
+        Some(active) if active == info.version => Ok(from_file),
+        _ => {
+            store.activate(&handler.name, info.version).await?;
+            Ok(from_file)
+        }
     }
 }
 
@@ -407,18 +524,7 @@ async fn spawn_handler(
     signals: &Signals,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Arc<HandlerStats>, watch::Sender<Handler>, JoinHandle<()>)> {
-    let path = handler.component.clone();
-    let rt = runtime.clone();
-    let component = tokio::task::spawn_blocking(move || rt.load_file(&path))
-        .await
-        .map_err(|e| Error::Component {
-            handler: handler.name.clone(),
-            source: runtime::Error::Engine(format!("compile task failed: {e}")),
-        })?
-        .map_err(|source| Error::Component {
-            handler: handler.name.clone(),
-            source,
-        })?;
+    let component = seed_registry(handler, store, runtime).await?;
     tracing::info!(
         handler = %handler.name,
         digest = %component.digest(),

@@ -1,0 +1,308 @@
+//! Uploading and activating handler versions through the admin API of a
+//! real `sluice run`: validation errors, deduplication, hot swap, rollback,
+//! and activations that survive a restart.
+
+// Test helpers panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const TOKEN: &str = "deploy-test-token";
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+struct Host {
+    child: Child,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(config: &Path, log: &Path) -> Host {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("SLUICE_ADMIN_TOKEN", TOKEN)
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    Host { child }
+}
+
+struct Api {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn wait_up(&self, log: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/healthz", self.base))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "host did not start:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = r.bearer_auth(TOKEN).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn upload(&self, handler: &str, bytes: Vec<u8>, query: &str) -> (u16, Value) {
+        self.send(
+            self.client
+                .post(format!(
+                    "{}/v1/handlers/{handler}/versions{query}",
+                    self.base
+                ))
+                .header("content-type", "application/wasm")
+                .body(bytes),
+        )
+        .await
+    }
+
+    async fn activate(&self, handler: &str, body: &str) -> (u16, Value) {
+        self.send(
+            self.client
+                .post(format!("{}/v1/handlers/{handler}/activate", self.base))
+                .header("content-type", "application/json")
+                .body(body.to_owned()),
+        )
+        .await
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+            .await
+            .1
+    }
+
+    /// Publishes one event and returns the version digest that processed
+    /// it for `first`, and the `x-version` its emitted event carries.
+    async fn run_one(&self, id: &str) -> (String, String) {
+        let (status, _) = self
+            .send(
+                self.client
+                    .post(format!("{}/v1/topics/in/events", self.base))
+                    .json(&json!({"id": id, "type": "step.a", "key": id, "data": {"n": 0}})),
+            )
+            .await;
+        assert_eq!(status, 202);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let story = self.get(&format!("/v1/events/{id}")).await;
+            if let (Some(version), Some(tag)) = (
+                story["processed_by"][0]["version"].as_str(),
+                story["emitted"][0]["headers"]["x-version"].as_str(),
+            ) {
+                return (version.to_owned(), tag.to_owned());
+            }
+            assert!(Instant::now() < deadline, "{id} was not processed: {story}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn sha256(path: &PathBuf) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_activate_roll_back_and_survive_a_restart() {
+    let built = sluice::harness::build_components(
+        workspace(),
+        &["chain", "chain-v2", "other-world"],
+        &workspace().join("target").join("guests"),
+    )
+    .unwrap();
+    let (v1_path, v2_path, other_path) = (&built[0], &built[1], &built[2]);
+    let (v1, v2) = (sha256(v1_path), sha256(v2_path));
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"sqlite://{db}\"\n[admin]\naddr = \"127.0.0.1:{port}\"\nmax_upload_bytes = 8388608\n\
+             [runtime]\ncache_dir = \"{cache}\"\n\
+             [[handlers]]\nname = \"first\"\ncomponent = \"{v1}\"\ntopics = [\"in\"]\ntypes = [\"step.a\"]\n",
+            db = dir.path().join("s.db").display(),
+            cache = dir.path().join("cache").display(),
+            v1 = v1_path.display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("host.log");
+    let api = Api {
+        base: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+    };
+    let host = spawn(&config, &log);
+    api.wait_up(&log).await;
+
+    // The configured component is version 1, active.
+    let h = api.get("/v1/handlers/first").await;
+    assert_eq!(h["active_version"], 1, "{h}");
+    assert_eq!(h["versions"][0]["digest"], v1.as_str());
+    assert_eq!(h["config"]["topics"], json!(["in"]));
+    assert_eq!(api.run_one("e1").await, (v1.clone(), "1".into()));
+
+    // Upload v2 (validated and compiled first); identical bytes again: same version.
+    let bytes = std::fs::read(v2_path).unwrap();
+    let (status, answer) = api.upload("first", bytes.clone(), "").await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        (answer["version"].clone(), answer["digest"].clone()),
+        (json!(2), json!(v2))
+    );
+    let (status, answer) = api.upload("first", bytes, "").await;
+    assert_eq!(
+        (status, answer["version"].clone(), answer["created"].clone()),
+        (200, json!(2), json!(false))
+    );
+    // Not active yet.
+    assert_eq!(api.run_one("e2").await.0, v1);
+
+    // Every way an upload can be wrong.
+    let (status, answer) = api.upload("first", b"garbage".to_vec(), "").await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_component")),
+        "{answer}"
+    );
+    let (status, answer) = api.upload("first", b"\0asm\x01\0\0\0".to_vec(), "").await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_component")),
+        "{answer}"
+    );
+    assert!(
+        answer["detail"]
+            .as_str()
+            .unwrap()
+            .contains("core WebAssembly module")
+    );
+    let (status, answer) = api
+        .upload("first", std::fs::read(other_path).unwrap(), "")
+        .await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (422, Some("wrong_world")),
+        "{answer}"
+    );
+    let (status, answer) = api.upload("nobody", b"x".to_vec(), "").await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (404, Some("unknown_handler")),
+        "{answer}"
+    );
+    // Too large: refused while the body streams in, so the server may close
+    // the connection before the client has sent it all; then the answer is
+    // lost, and a closed connection is the refusal.
+    let too_big = api
+        .client
+        .post(format!("{}/v1/handlers/first/versions", api.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/wasm")
+        .body(vec![0u8; 9 << 20])
+        .send()
+        .await;
+    match too_big {
+        Ok(r) => assert_eq!(r.status(), 413),
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
+    let (status, answer) = api
+        .send(
+            api.client
+                .post(format!("{}/v1/handlers/first/versions", api.base))
+                .header("content-type", "text/plain")
+                .body("hello"),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    let r = api
+        .client
+        .post(format!("{}/v1/handlers/first/versions", api.base))
+        .body(vec![0u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "uploads need the token");
+    let h = api.get("/v1/handlers/first").await;
+    assert_eq!(
+        h["versions"].as_array().unwrap().len(),
+        2,
+        "nothing bad was stored"
+    );
+
+    // The hot swap, then the rollback.
+    let (status, answer) = api.activate("first", r#"{"version": 2}"#).await;
+    assert_eq!(
+        (status, answer["active_version"].clone()),
+        (200, json!(2)),
+        "{answer}"
+    );
+    assert_eq!(api.run_one("e3").await, (v2.clone(), "2".into()));
+    let (status, _) = api.activate("first", r#"{"version": 1}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(api.run_one("e4").await, (v1.clone(), "1".into()));
+    let (status, answer) = api.activate("first", r#"{"version": 7}"#).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (404, Some("not_found")),
+        "{answer}"
+    );
+    let (status, answer) = api.activate("first", r#"{"versoin": 2}"#).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("bad_json")),
+        "{answer}"
+    );
+
+    // An activation survives a restart (the config file did not change).
+    let (status, _) = api.activate("first", r#"{"version": 2}"#).await;
+    assert_eq!(status, 200);
+    drop(host);
+    let _host = spawn(&config, &log);
+    api.wait_up(&log).await;
+    assert_eq!(api.get("/v1/handlers/first").await["active_version"], 2);
+    assert_eq!(api.run_one("e5").await, (v2, "2".into()));
+}
