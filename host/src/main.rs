@@ -42,6 +42,12 @@ enum Command {
     },
     /// Show the running handlers and their counters.
     Handlers(HandlersArgs),
+    /// Upload a component as a new version of a handler and activate it
+    /// (hot swap, no restart).
+    Deploy(DeployArgs),
+    /// Activate a stored version of a handler (hot swap; rollback is
+    /// activating an older version).
+    Activate(ActivateArgs),
     /// Run a handler component against one event (or a sequence of events)
     /// and print the outcome,
     /// emitted events, state writes and logs as JSON.
@@ -128,6 +134,29 @@ enum EventsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+#[derive(clap::Args)]
+struct DeployArgs {
+    /// Handler name.
+    name: String,
+    /// The component (`.wasm`).
+    file: PathBuf,
+    /// Upload only; activate later with `sluice activate`.
+    #[arg(long)]
+    no_activate: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(clap::Args)]
+struct ActivateArgs {
+    /// Handler name.
+    name: String,
+    /// Version number (see `sluice handlers NAME`).
+    version: i64,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(clap::Args)]
@@ -226,6 +255,8 @@ fn main() -> ExitCode {
         Command::Dlq { command } => async_main(dlq(command)),
         Command::Events { command } => async_main(events(command)),
         Command::Handlers(args) => async_main(handlers(args)),
+        Command::Deploy(args) => async_main(deploy(args)),
+        Command::Activate(args) => async_main(activate(args)),
     };
     match result {
         Ok(code) => code,
@@ -397,6 +428,78 @@ async fn call(
         }
     }
     Ok(value)
+}
+
+async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let url = format!(
+        "{}/v1/handlers/{}/versions?activate={}",
+        args.client.url.trim_end_matches('/'),
+        args.name,
+        !args.no_activate
+    );
+    let mut request = reqwest::Client::new()
+        .post(&url)
+        .header("content-type", "application/wasm")
+        .body(bytes);
+    if let Some(token) = &args.client.token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {}: {}",
+            cell(&answer["error"]),
+            cell(&answer["detail"])
+        );
+    }
+    if args.client.json {
+        print_json(&answer)?;
+    } else {
+        println!(
+            "{} version {} ({}){}{}",
+            args.name,
+            cell(&answer["version"]),
+            short(&answer["digest"]),
+            if answer["created"] == true {
+                ""
+            } else {
+                ", identical to a stored version"
+            },
+            if args.no_activate {
+                ", not activated"
+            } else {
+                ", active"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn activate(args: ActivateArgs) -> anyhow::Result<ExitCode> {
+    let answer = call(
+        &args.client,
+        reqwest::Method::POST,
+        &format!("/v1/handlers/{}/activate", args.name),
+        Some(serde_json::json!({ "version": args.version })),
+    )
+    .await?;
+    if args.client.json {
+        print_json(&answer)?;
+    } else {
+        println!(
+            "{} now runs version {}",
+            args.name,
+            cell(&answer["active_version"])
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints rows as aligned columns under a header.

@@ -297,6 +297,32 @@ async fn upload_activate_roll_back_and_survive_a_restart() {
         "{answer}"
     );
 
+    // The same through the CLI.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .args(["--url", &api.base, "--token", TOKEN])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = cli(&["deploy", "first", v2_path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with("first version 2 (") && out.contains("identical") && out.contains("active"),
+        "{out}"
+    );
+    assert_eq!(api.run_one("e4b").await.0, v2);
+    let (code, out, _) = cli(&["activate", "first", "1"]);
+    assert_eq!((code, out.trim()), (Some(0), "first now runs version 1"));
+    let (code, _, err) = cli(&["deploy", "first", other_path.to_str().unwrap()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("wrong_world"), "{err}");
+
     // An activation survives a restart (the config file did not change).
     let (status, _) = api.activate("first", r#"{"version": 2}"#).await;
     assert_eq!(status, 200);
