@@ -149,6 +149,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/dlq", get(list_dlq))
         .route("/v1/dlq/{id}", get(get_dlq).delete(discard_dlq))
         .route("/v1/dlq/{id}/redrive", post(redrive_dlq))
+        .route("/v1/dlq/redrive", post(redrive_many))
         .route(
             "/v1/handlers/{name}/versions",
             post(upload_version).layer(DefaultBodyLimit::max(state.max_upload_bytes)),
@@ -796,6 +797,52 @@ async fn redrive_dlq(State(state): State<AppState>, Path(id): Path<i64>) -> ApiR
     let entry = state.store.dlq_act(id, DlqAction::Redrive).await?;
     state.signals.actions.notify_waiters();
     Ok(Json(dlq_json(&entry)))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RedriveFilter {
+    handler: Option<String>,
+    topic: Option<String>,
+}
+
+/// Bulk redrive: every pending entry matching the filter (an empty body
+/// matches all), each to the handler that failed it.
+async fn redrive_many(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
+    let filter: RedriveFilter = if body.iter().all(u8::is_ascii_whitespace) {
+        RedriveFilter::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?
+    };
+    let mut redriven = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = state
+            .store
+            .dlq_list(&DlqFilter {
+                handler: filter.handler.clone(),
+                topic: filter.topic.clone(),
+                status: Some(DlqStatus::Pending),
+                after: cursor,
+                limit: Some(500),
+            })
+            .await?;
+        let Some(last) = page.last().map(|e| e.id) else {
+            break;
+        };
+        for entry in page {
+            match state.store.dlq_act(entry.id, DlqAction::Redrive).await {
+                Ok(_) => redriven.push(entry.id),
+                // Acted on meanwhile by someone else: not ours to count.
+                Err(store::Error::Conflict(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        cursor = Some(last);
+    }
+    state.signals.actions.notify_waiters();
+    Ok(Json(json!({ "redriven": redriven })))
 }
 
 async fn discard_dlq(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<Value>> {

@@ -201,6 +201,13 @@ pub fn document() -> Value {
                     "200": ok_json("the entry", json!({"$ref": "#/components/schemas/DlqEntry"})),
                     "401": unauthorized.clone(), "404": error_response("no such entry"), "409": error_response("not pending")}}
             },
+            "/v1/dlq/redrive": {"post": {
+                "summary": "Bulk redrive: every pending entry matching the filter (empty body: all)",
+                "security": secured.clone(),
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                    "properties": {"handler": {"type": "string"}, "topic": {"type": "string"}}}}}},
+                "responses": {"200": ok_json("ids of the entries redriven", any_object.clone()), "400": error_response("bad JSON"), "401": unauthorized.clone()}
+            }},
             "/v1/dlq/{id}/redrive": {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
                 "post": {"summary": "Run a pending entry's event again on the handler that failed", "security": secured, "responses": {

@@ -338,6 +338,7 @@ async fn a_token_guards_mutations_and_data_but_not_health() {
         ("DELETE", "/v1/dlq/1"),
         ("POST", "/v1/handlers/h/versions"),
         ("POST", "/v1/handlers/h/activate"),
+        ("POST", "/v1/dlq/redrive"),
     ];
     for (method, path) in guarded {
         let method: reqwest::Method = method.parse().unwrap();
@@ -390,6 +391,7 @@ async fn the_openapi_document_describes_every_route() {
         ("get", "/v1/dlq/{id}"),
         ("delete", "/v1/dlq/{id}"),
         ("post", "/v1/dlq/{id}/redrive"),
+        ("post", "/v1/dlq/redrive"),
     ];
     for (method, path) in routes {
         assert!(

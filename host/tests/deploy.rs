@@ -160,7 +160,7 @@ async fn upload_activate_roll_back_and_survive_a_restart() {
         format!(
             "[store]\nurl = \"sqlite://{db}\"\n[admin]\naddr = \"127.0.0.1:{port}\"\nmax_upload_bytes = 8388608\n\
              [runtime]\ncache_dir = \"{cache}\"\n\
-             [[handlers]]\nname = \"first\"\ncomponent = \"{v1}\"\ntopics = [\"in\"]\ntypes = [\"step.a\"]\n",
+             [[handlers]]\nname = \"first\"\ncomponent = \"{v1}\"\ntopics = [\"in\"]\ntypes = [\"step.a\", \"poison\"]\n",
             db = dir.path().join("s.db").display(),
             cache = dir.path().join("cache").display(),
             v1 = v1_path.display(),
@@ -330,5 +330,85 @@ async fn upload_activate_roll_back_and_survive_a_restart() {
     let _host = spawn(&config, &log);
     api.wait_up(&log).await;
     assert_eq!(api.get("/v1/handlers/first").await["active_version"], 2);
-    assert_eq!(api.run_one("e5").await, (v2, "2".into()));
+    assert_eq!(api.run_one("e5").await, (v2.clone(), "2".into()));
+
+    // A buggy v1 dead-letters events; v2 fixes the bug; a bulk redrive
+    // drains the DLQ and the effects appear exactly once.
+    let (status, _) = api.activate("first", r#"{"version": 1}"#).await;
+    assert_eq!(status, 200);
+    let poison: Vec<Value> = (0..5)
+        .map(|i| json!({"id": format!("p{i}"), "type": "poison", "key": format!("pk{i}"), "data": {"n": i}}))
+        .collect();
+    let (status, _) = api
+        .send(
+            api.client
+                .post(format!("{}/v1/topics/in/events", api.base))
+                .json(&poison),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.get("/v1/dlq?status=pending&handler=first").await["entries"]
+        .as_array()
+        .unwrap()
+        .len()
+        < 5
+    {
+        assert!(
+            Instant::now() < deadline,
+            "v1 did not dead-letter the poison events"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = api.get("/v1/dlq?handler=first").await;
+    assert!(
+        dead["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["version"] == v1.as_str())
+    );
+    let (status, _) = api.activate("first", r#"{"version": 2}"#).await;
+    assert_eq!(status, 200);
+    let (status, answer) = api
+        .send(
+            api.client
+                .post(format!("{}/v1/dlq/redrive", api.base))
+                .json(&json!({"handler": "first"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["redriven"].as_array().unwrap().len(), 5);
+    for i in 0..5 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = api.get(&format!("/v1/handlers/first/state/pk{i}")).await;
+            if state["state"]["a"] == json!([i]) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "pk{i}: {state}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let story = api.get(&format!("/v1/events/p{i}")).await;
+        let by = &story["processed_by"][0];
+        assert_eq!(
+            (by["outcome"].as_str(), by["version"].as_str()),
+            (Some("ok"), Some(v2.as_str())),
+            "{story}"
+        );
+    }
+    assert!(
+        api.get("/v1/dlq?status=pending").await["entries"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let (_, again) = api
+        .send(api.client.post(format!("{}/v1/dlq/redrive", api.base)))
+        .await;
+    assert_eq!(again["redriven"], json!([]));
+    // Exactly once: a moment later the state is still a single entry.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = api.get("/v1/handlers/first/state/pk3").await;
+    assert_eq!(state["state"]["a"], json!([3]));
 }
