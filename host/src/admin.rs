@@ -793,8 +793,47 @@ async fn get_dlq(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResul
     Ok(Json(dlq_json(&entry)))
 }
 
-async fn redrive_dlq(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
-    let entry = state.store.dlq_act(id, DlqAction::Redrive).await?;
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RedriveBody {
+    version: Option<i64>,
+}
+
+/// Redrives one entry, optionally on a chosen stored version of its handler.
+async fn redrive_dlq(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let request: RedriveBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RedriveBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?
+    };
+    if let Some(version) = request.version {
+        let entry = state
+            .store
+            .dlq_get(id)
+            .await?
+            .ok_or_else(|| ApiError::from(store::Error::NotFound(format!("DLQ entry {id}"))))?;
+        if state
+            .store
+            .component(&entry.handler, version)
+            .await?
+            .is_none()
+        {
+            return Err(store::Error::NotFound(format!(
+                "version {version} of handler {}",
+                entry.handler
+            ))
+            .into());
+        }
+    }
+    let entry = state
+        .store
+        .dlq_act_on(id, DlqAction::Redrive, request.version)
+        .await?;
     state.signals.actions.notify_waiters();
     Ok(Json(dlq_json(&entry)))
 }

@@ -113,6 +113,9 @@ enum DlqCommand {
     Redrive {
         /// Entry id.
         id: i64,
+        /// Run it on this stored version instead of the active one.
+        #[arg(long)]
+        version: Option<i64>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -609,12 +612,16 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             .await?;
             (client, answer)
         }
-        DlqCommand::Redrive { id, client } => {
+        DlqCommand::Redrive {
+            id,
+            version,
+            client,
+        } => {
             let answer = call(
                 &client,
                 reqwest::Method::POST,
                 &format!("/v1/dlq/{id}/redrive"),
-                None,
+                Some(serde_json::json!({ "version": version })),
             )
             .await?;
             (client, answer)

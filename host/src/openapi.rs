@@ -210,7 +210,11 @@ pub fn document() -> Value {
             }},
             "/v1/dlq/{id}/redrive": {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
-                "post": {"summary": "Run a pending entry's event again on the handler that failed", "security": secured, "responses": {
+                "post": {"summary": "Run a pending entry's event again on the handler that failed, on its active version or on a chosen stored version",
+                    "security": secured,
+                    "requestBody": {"content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                        "properties": {"version": {"type": "integer"}}}}}},
+                    "responses": {
                     "200": ok_json("the entry", json!({"$ref": "#/components/schemas/DlqEntry"})),
                     "401": unauthorized, "404": error_response("no such entry"), "409": error_response("not pending")}}
             }

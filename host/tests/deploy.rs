@@ -407,6 +407,53 @@ async fn upload_activate_roll_back_and_survive_a_restart() {
         .send(api.client.post(format!("{}/v1/dlq/redrive", api.base)))
         .await;
     assert_eq!(again["redriven"], json!([]));
+    // A redrive on a chosen version: v1 stays active, the entry runs on v2.
+    let (status, _) = api.activate("first", r#"{"version": 1}"#).await;
+    assert_eq!(status, 200);
+    let (status, _) = api
+        .send(
+            api.client
+                .post(format!("{}/v1/topics/in/events", api.base))
+                .json(&json!({"id": "p9", "type": "poison", "key": "pk9", "data": {"n": 9}})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let entry_id = loop {
+        let pending = api.get("/v1/dlq?status=pending&handler=first").await;
+        if let Some(id) = pending["entries"][0]["id"].as_i64() {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "p9 was not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (status, answer) = api
+        .send(
+            api.client
+                .post(format!("{}/v1/dlq/{entry_id}/redrive", api.base))
+                .json(&json!({"version": 7})),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (404, Some("not_found")),
+        "{answer}"
+    );
+    let (code, out, err) = cli(&["dlq", "redrive", &entry_id.to_string(), "--version", "2"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("redriven"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let story = api.get("/v1/events/p9").await;
+        if story["processed_by"][0]["outcome"] == "ok" {
+            assert_eq!(story["processed_by"][0]["version"], v2.as_str(), "{story}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{story}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(api.get("/v1/handlers/first").await["active_version"], 1);
+
     // Exactly once: a moment later the state is still a single entry.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let state = api.get("/v1/handlers/first/state/pk3").await;

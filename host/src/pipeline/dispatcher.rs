@@ -64,6 +64,9 @@ struct Item {
     attempt: u32,
     failures: Vec<AttemptRecord>,
     origin: Origin,
+    /// Run on this version instead of the active one (a redrive on a
+    /// chosen version).
+    pinned: Option<Handler>,
 }
 
 /// What to do once the batch an item is in has committed.
@@ -388,6 +391,7 @@ impl Dispatcher {
                     attempt,
                     failures,
                     origin: Origin::Log(t),
+                    pinned: None,
                 });
             }
         }
@@ -457,7 +461,10 @@ impl Dispatcher {
 
     fn invoke(&mut self, item: Item) -> tokio::task::JoinHandle<Ran> {
         let store = self.store.clone();
-        let handler = self.handler.borrow().clone();
+        let handler = match &item.pinned {
+            Some(pinned) => pinned.clone(),
+            None => self.handler.borrow().clone(),
+        };
         let version: Arc<str> = Arc::from(handler.component().digest());
         let cached = item
             .record
@@ -776,6 +783,17 @@ impl Dispatcher {
                 .key
                 .clone()
                 .filter(|k| self.parked.get(k) == Some(&entry.id));
+            let pinned = match action.version {
+                None => None,
+                Some(version) => match self.load_version(version).await {
+                    Ok(handler) => Some(handler),
+                    Err(error) => {
+                        tracing::error!(handler = %self.cfg.name, version, "cannot load the version to redrive on: {error}");
+                        self.taken_actions.remove(&action.id);
+                        return;
+                    }
+                },
+            };
             let mut records = Vec::new();
             if action.action == DlqAction::Redrive {
                 tracing::info!(handler = %self.cfg.name, dlq = entry.id, event = %entry.record.event.id, "redriving");
@@ -813,18 +831,43 @@ impl Dispatcher {
                 self.add_finish(finish);
                 continue;
             }
+            let redriven_id = entry.record.event.id.clone();
             for (i, record) in records.into_iter().enumerate() {
-                let failures = Vec::new();
+                // Only the redriven event runs on the chosen version; the
+                // events held behind its key run on the active one.
+                let pinned = (record.event.id == redriven_id)
+                    .then(|| pinned.clone())
+                    .flatten();
                 self.submit(Item {
                     record,
                     attempt: 1,
-                    failures,
+                    failures: Vec::new(),
                     origin: Origin::Action {
                         finish: (i + 1 == count).then(|| finish.clone()),
                     },
+                    pinned,
                 });
             }
         }
+    }
+}
+
+impl Dispatcher {
+    /// A handler running stored version `version` of this handler.
+    async fn load_version(&self, version: i64) -> Result<Handler, String> {
+        let bytes = self
+            .store
+            .component(&self.cfg.name, version)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("version {version} is not stored"))?;
+        let current = self.handler.borrow().clone();
+        let runtime = current.runtime().clone();
+        let component = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(current.with_component(component))
     }
 }
 

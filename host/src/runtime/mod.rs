@@ -473,6 +473,19 @@ impl Handler {
         &self.limits
     }
 
+    /// The runtime it runs in.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The same handler (name, limits) running another component.
+    pub fn with_component(&self, component: Arc<LoadedComponent>) -> Handler {
+        Handler {
+            component,
+            ..self.clone()
+        }
+    }
+
     /// Runs `handle` for `event` (delivery attempt `attempt`, from 1) in a
     /// fresh instance, against `state`: the committed state of the event's
     /// key, ignored for keyless events.

@@ -344,6 +344,8 @@ pub struct PendingAction {
     pub id: i64,
     /// What to do.
     pub action: DlqAction,
+    /// For a redrive: the handler version to run it on (`None`: the active one).
+    pub version: Option<i64>,
     /// The entry.
     pub entry: DlqEntry,
 }
@@ -448,7 +450,17 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a pending entry redriven or discarded and queues the action for
     /// its handler's dispatcher. A redrive removes the event's processed
     /// record, so that it can be processed again.
-    async fn dlq_act(&self, id: i64, action: DlqAction) -> Result<DlqEntry>;
+    async fn dlq_act(&self, id: i64, action: DlqAction) -> Result<DlqEntry> {
+        self.dlq_act_on(id, action, None).await
+    }
+
+    /// [`Store::dlq_act`], for a redrive on a chosen handler version.
+    async fn dlq_act_on(
+        &self,
+        id: i64,
+        action: DlqAction,
+        version: Option<i64>,
+    ) -> Result<DlqEntry>;
 
     /// Actions waiting for `handler`, oldest first.
     async fn pending_actions(&self, handler: &str) -> Result<Vec<PendingAction>>;

@@ -969,7 +969,12 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    async fn dlq_act(&self, id: i64, action: DlqAction) -> Result<DlqEntry> {
+    async fn dlq_act_on(
+        &self,
+        id: i64,
+        action: DlqAction,
+        version: Option<i64>,
+    ) -> Result<DlqEntry> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query("SELECT * FROM dlq WHERE id = ?")
             .bind(id)
@@ -1002,11 +1007,12 @@ impl Store for SqliteStore {
                 .await?;
         }
         sqlx::query(
-            "INSERT INTO dlq_actions (handler, dlq_id, action, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO dlq_actions (handler, dlq_id, action, version, created_at) VALUES (?, ?, ?, ?, ?)",
         )
         .bind(&entry.handler)
         .bind(id)
         .bind(action_name)
+        .bind(version)
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -1018,8 +1024,8 @@ impl Store for SqliteStore {
 
     async fn pending_actions(&self, handler: &str) -> Result<Vec<PendingAction>> {
         let rows = sqlx::query(
-            "SELECT a.id AS action_id, a.action, d.* FROM dlq_actions a JOIN dlq d ON d.id = a.dlq_id \
-             WHERE a.handler = ? ORDER BY a.id",
+            "SELECT a.id AS action_id, a.action, a.version AS action_version, d.* FROM dlq_actions a \
+             JOIN dlq d ON d.id = a.dlq_id WHERE a.handler = ? ORDER BY a.id",
         )
         .bind(handler)
         .fetch_all(&self.pool)
@@ -1034,6 +1040,7 @@ impl Store for SqliteStore {
                         "discard" => DlqAction::Discard,
                         other => return Err(Error::Corrupt(format!("DLQ action {other:?}"))),
                     },
+                    version: r.try_get("action_version")?,
                     entry: decode_dlq(r)?,
                 })
             })
