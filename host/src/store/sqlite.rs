@@ -76,6 +76,23 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// Log records matching `condition` (with one `?`, bound to `value`),
+    /// in log order.
+    async fn events_where(
+        &self,
+        condition: &'static str,
+        value: &str,
+        limit: u32,
+    ) -> Result<Vec<LogRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE {condition} ORDER BY seq LIMIT {limit}"
+        )))
+        .bind(value)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode_record).collect()
+    }
 }
 
 fn decode_record(row: &SqliteRow) -> Result<LogRecord> {
@@ -233,6 +250,15 @@ async fn append_in(
         .await?;
     }
     Ok(out)
+}
+
+fn decode_version(r: &SqliteRow) -> Result<VersionInfo> {
+    Ok(VersionInfo {
+        version: r.try_get("version")?,
+        digest: r.try_get("digest")?,
+        size: r.try_get("size")?,
+        uploaded_at: r.try_get("uploaded_at")?,
+    })
 }
 
 fn decode_attempt(r: &SqliteRow) -> Result<(String, AttemptRecord)> {
@@ -697,23 +723,13 @@ impl Store for SqliteStore {
     }
 
     async fn events_by_id(&self, id: &str) -> Result<Vec<LogRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE id = ? ORDER BY seq LIMIT 100"
-        )))
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode_record).collect()
+        self.events_where("id = ?", id, 100).await
     }
 
     async fn events_caused_by(&self, id: &str) -> Result<Vec<LogRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE json_extract(headers, '$.causationid') = ? ORDER BY seq LIMIT 1000"
-        )))
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode_record).collect()
+        // Served by the expression index `events_causation`.
+        self.events_where("json_extract(headers, '$.causationid') = ?", id, 1000)
+            .await
     }
 
     async fn processed_records(&self, id: &str) -> Result<Vec<ProcessedRecord>> {
@@ -769,14 +785,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?
         .iter()
-        .map(|r| {
-            Ok(VersionInfo {
-                version: r.try_get("version")?,
-                digest: r.try_get("digest")?,
-                size: r.try_get("size")?,
-                uploaded_at: r.try_get("uploaded_at")?,
-            })
-        })
+        .map(decode_version)
         .collect::<Result<Vec<_>>>()?;
         let config: String = row.try_get("config")?;
         Ok(Some(HandlerRecord {
@@ -839,15 +848,7 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?
         {
-            return Ok((
-                VersionInfo {
-                    version: r.try_get("version")?,
-                    digest: r.try_get("digest")?,
-                    size: r.try_get("size")?,
-                    uploaded_at: r.try_get("uploaded_at")?,
-                },
-                false,
-            ));
+            return Ok((decode_version(&r)?, false));
         }
         let version: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM handler_versions WHERE handler = ?",
