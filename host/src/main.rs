@@ -505,6 +505,54 @@ async fn activate(args: ActivateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One handler: configuration, versions (the active one marked), counters.
+async fn handler_detail(name: &str, client: &ClientArgs) -> anyhow::Result<ExitCode> {
+    let h = call(
+        client,
+        reqwest::Method::GET,
+        &format!("/v1/handlers/{name}"),
+        None,
+    )
+    .await?;
+    if client.json {
+        print_json(&h)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = &h["config"];
+    println!(
+        "handler {name}: topics {} types {} concurrency {} on_dead_letter {}",
+        config["topics"],
+        config["types"],
+        cell(&config["concurrency"]),
+        cell(&config["on_dead_letter"])
+    );
+    let active = h["active_version"].as_i64();
+    let rows = h["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            vec![
+                if v["version"].as_i64() == active {
+                    "*".into()
+                } else {
+                    String::new()
+                },
+                cell(&v["version"]),
+                short(&v["digest"]),
+                cell(&v["size"]),
+                cell(&v["uploaded_at"]),
+            ]
+        })
+        .collect();
+    table(&["", "VERSION", "DIGEST", "SIZE", "UPLOADED(ms)"], rows);
+    if let Some(stats) = h["stats"].as_object() {
+        let counters: Vec<String> = stats.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("{}", counters.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Prints rows as aligned columns under a header.
 fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -736,26 +784,16 @@ async fn events(command: EventsCommand) -> anyhow::Result<ExitCode> {
 }
 
 async fn handlers(args: HandlersArgs) -> anyhow::Result<ExitCode> {
-    let answer = call(&args.client, reqwest::Method::GET, "/v1/handlers", None).await?;
-    let all = answer["handlers"].as_object().cloned().unwrap_or_default();
-    let selected: Vec<(&String, &serde_json::Value)> = all
-        .iter()
-        .filter(|(name, _)| args.name.as_ref().is_none_or(|n| n == *name))
-        .collect();
-    if let Some(name) = &args.name
-        && selected.is_empty()
-    {
-        anyhow::bail!("no handler named {name}");
+    if let Some(name) = &args.name {
+        return handler_detail(name, &args.client).await;
     }
+    let answer = call(&args.client, reqwest::Method::GET, "/v1/handlers", None).await?;
     if args.client.json {
-        print_json(&serde_json::Value::Object(
-            selected
-                .into_iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ))?;
+        print_json(&answer)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let all = answer["handlers"].as_object().cloned().unwrap_or_default();
+    let selected: Vec<(&String, &serde_json::Value)> = all.iter().collect();
     let columns = [
         "processed",
         "duplicates",

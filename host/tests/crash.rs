@@ -339,7 +339,19 @@ types = ["step.b"]
     );
     assert!(table.lines().any(|l| l.starts_with("second")), "{table}");
     let json: Value = serde_json::from_str(&cli(&["handlers", "first", "--json"])).unwrap();
-    assert_eq!(json["first"]["in_flight"], 0);
+    assert_eq!(json["stats"]["in_flight"], 0);
+    assert_eq!(json["active_version"], 1);
+    let detail = cli(&["handlers", "second"]);
+    assert!(
+        detail.starts_with("handler second: topics [\"mid\"]"),
+        "{detail}"
+    );
+    assert!(
+        detail
+            .lines()
+            .any(|l| l.starts_with("*") && l.contains(" 1 ")),
+        "{detail}"
+    );
     let dlq = cli(&["dlq", "list"]);
     assert_eq!(
         dlq.lines().count(),
