@@ -402,21 +402,34 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One admin API call; an error answer becomes an error with its detail.
+/// One admin API call with a JSON body (or none); an error answer becomes
+/// an error with its detail.
 async fn call(
     client: &ClientArgs,
     method: reqwest::Method,
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<serde_json::Value> {
+    send(client, method, path, |r| match body {
+        Some(body) => r.json(&body),
+        None => r,
+    })
+    .await
+}
+
+/// [`call`] with any body: `with_body` adds it to the request.
+async fn send(
+    client: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    with_body: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> anyhow::Result<serde_json::Value> {
     let url = format!("{}{path}", client.url.trim_end_matches('/'));
     let mut request = reqwest::Client::new().request(method, &url);
     if let Some(token) = &client.token {
         request = request.bearer_auth(token);
     }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
+    request = with_body(request);
     let response = request
         .send()
         .await
@@ -436,32 +449,16 @@ async fn call(
 async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let url = format!(
-        "{}/v1/handlers/{}/versions?activate={}",
-        args.client.url.trim_end_matches('/'),
-        args.name,
-        !args.no_activate
-    );
-    let mut request = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "application/wasm")
-        .body(bytes);
-    if let Some(token) = &args.client.token {
-        request = request.bearer_auth(token);
-    }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    let status = response.status();
-    let answer: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
-    if !status.is_success() {
-        anyhow::bail!(
-            "{status}: {}: {}",
-            cell(&answer["error"]),
-            cell(&answer["detail"])
-        );
-    }
+    let answer = send(
+        &args.client,
+        reqwest::Method::POST,
+        &format!(
+            "/v1/handlers/{}/versions?activate={}",
+            args.name, !args.no_activate
+        ),
+        |r| r.header("content-type", "application/wasm").body(bytes),
+    )
+    .await?;
     if args.client.json {
         print_json(&answer)?;
     } else {

@@ -299,18 +299,23 @@ fn run_refuses_a_public_admin_address_without_a_token() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env_remove("SLUICE_ADMIN_TOKEN")
-        .output()
-        .unwrap();
+    let out = run_with(&config);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
         err.contains("refusing to serve the admin API on 0.0.0.0:18089 without a token"),
         "{err}"
     );
+}
+
+/// `sluice run --config CONFIG` without an admin token, to completion.
+fn run_with(config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env_remove("SLUICE_ADMIN_TOKEN")
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -328,22 +333,14 @@ fn run_reports_an_unusable_store_clearly() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = run_with(&config);
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(err.contains("opening the store sqlite://"), "{err}");
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[store]\nurl = \"postgres://nowhere\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = run_with(&bad);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("unsupported scheme"),
@@ -353,11 +350,7 @@ fn run_reports_an_unusable_store_clearly() {
 
     let typo = dir.path().join("typo.toml");
     std::fs::write(&typo, "[stor]\nurl = \"x\"\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--config"])
-        .arg(&typo)
-        .output()
-        .unwrap();
+    let out = run_with(&typo);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("unknown field `stor`"),
