@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::valid_topic_name;
+use crate::config::{HandlerConfig, valid_topic_name};
 use crate::event::{Event, valid_header_name};
 use crate::pipeline::{self, HandlerStats, Pipeline, Signals};
 use crate::store::{self, DlqAction, DlqFilter, DlqStatus, LogRecord, Store};
@@ -34,8 +34,6 @@ pub struct AppState {
     pub default_partitions: u32,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
-    /// Counters of the running handlers.
-    pub stats: Arc<BTreeMap<String, Arc<HandlerStats>>>,
     /// Bearer token required for mutating calls and for reading events,
     /// state and the DLQ; `None` leaves them open (loopback only).
     pub token: Option<String>,
@@ -104,6 +102,18 @@ impl From<pipeline::Error> for ApiError {
                     source.to_string(),
                 ),
             },
+            pipeline::Error::ManagedByConfig(name) => ApiError::new(
+                StatusCode::CONFLICT,
+                "managed_by_config",
+                format!(
+                    "handler {name} is declared in the host's configuration file, which owns it: change it there"
+                ),
+            ),
+            pipeline::Error::Stopping => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stopping",
+                "the host is shutting down",
+            ),
             pipeline::Error::Store(e) => e.into(),
         }
     }
@@ -155,6 +165,10 @@ pub fn app(state: AppState) -> Router {
             post(upload_version).layer(DefaultBodyLimit::max(state.max_upload_bytes)),
         )
         .route("/v1/handlers/{name}/activate", post(activate_version))
+        .route(
+            "/v1/handlers/{name}",
+            axum::routing::put(put_handler).delete(delete_handler),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -250,6 +264,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
 
     use crate::pipeline::LATENCY_BUCKETS;
 
+    let stats = handler_stats(&state);
     let mut out = String::new();
     let counters: [Counter; 7] = [
         ("processed_total", "Events processed successfully.", |s| {
@@ -289,7 +304,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
             out,
             "# HELP sluice_handler_{name} {help}\n# TYPE sluice_handler_{name} counter"
         );
-        for (handler, stats) in state.stats.iter() {
+        for (handler, stats) in &stats {
             let _ = writeln!(
                 out,
                 "sluice_handler_{name}{{handler=\"{handler}\"}} {}",
@@ -301,7 +316,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         out,
         "# HELP sluice_handler_in_flight Events read and not yet committed.\n# TYPE sluice_handler_in_flight gauge"
     );
-    for (handler, stats) in state.stats.iter() {
+    for (handler, stats) in &stats {
         let _ = writeln!(
             out,
             "sluice_handler_in_flight{{handler=\"{handler}\"}} {}",
@@ -312,8 +327,8 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         out,
         "# HELP sluice_handler_lag Events of a topic after the handler's committed position.\n# TYPE sluice_handler_lag gauge"
     );
-    for handler in state.stats.keys() {
-        for (topic, lag) in state.store.lag(handler).await? {
+    for (handler, _) in &stats {
+        for (topic, lag) in lag(&state, handler).await? {
             let _ = writeln!(
                 out,
                 "sluice_handler_lag{{handler=\"{handler}\",topic=\"{topic}\"}} {lag}"
@@ -324,7 +339,7 @@ async fn metrics(State(state): State<AppState>) -> ApiResult<Response> {
         out,
         "# HELP sluice_handler_duration_seconds Time of one invocation (instantiation and handle).\n# TYPE sluice_handler_duration_seconds histogram"
     );
-    for (handler, stats) in state.stats.iter() {
+    for (handler, stats) in &stats {
         let h = &stats.latency;
         let mut cumulative = 0;
         for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
@@ -538,13 +553,64 @@ async fn read_events(
     Ok(Json(json!({ "events": events, "next_after": next })))
 }
 
-async fn list_handlers(State(state): State<AppState>) -> Json<Value> {
-    let handlers: BTreeMap<&String, _> = state
-        .stats
-        .iter()
-        .map(|(name, stats)| (name, stats.snapshot()))
-        .collect();
-    Json(json!({ "handlers": handlers }))
+/// Counters of every handler the pipeline knows, by name.
+fn handler_stats(state: &AppState) -> Vec<(String, Arc<HandlerStats>)> {
+    state
+        .pipeline
+        .as_ref()
+        .map(|p| p.all_stats())
+        .unwrap_or_default()
+}
+
+/// A handler's lag per topic it subscribes to now (positions on topics it
+/// left are kept, in case it subscribes again, but are not lag).
+async fn lag(state: &AppState, handler: &str) -> ApiResult<Vec<(String, i64)>> {
+    let topics = state.pipeline.as_ref().and_then(|p| p.topics(handler));
+    let all = state.store.lag(handler).await?;
+    Ok(match topics {
+        Some(topics) => all.into_iter().filter(|(t, _)| topics.contains(t)).collect(),
+        None => all,
+    })
+}
+
+/// A handler as the API shows it: configuration, versions, active version,
+/// whether it runs here, counters and lag.
+async fn handler_json(state: &AppState, record: store::HandlerRecord) -> ApiResult<Value> {
+    let pipeline = state.pipeline.as_ref();
+    let stats = pipeline
+        .and_then(|p| p.stats(&record.name))
+        .map(|s| s.snapshot());
+    let running = pipeline.is_some_and(|p| p.is_running(&record.name));
+    let lag: BTreeMap<String, i64> = lag(state, &record.name).await?.into_iter().collect();
+    Ok(json!({
+        "name": record.name,
+        "config": record.config,
+        "managed_by": record.managed_by,
+        "active_version": record.active_version,
+        "versions": record.versions,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+        "running": running,
+        "stats": stats,
+        "lag": lag,
+    }))
+}
+
+fn unknown_handler(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_handler",
+        format!("no handler named {name}"),
+    )
+}
+
+/// Every registered handler, as [`get_handler`] shows one.
+async fn list_handlers(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let mut handlers = Vec::new();
+    for record in state.store.handlers().await? {
+        handlers.push(handler_json(&state, record).await?);
+    }
+    Ok(Json(json!({ "handlers": handlers })))
 }
 
 /// How far `GET /v1/events/{id}` follows a choreography, each way.
@@ -629,25 +695,78 @@ async fn get_handler(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let record = state.store.handler(&name).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_handler",
-            format!("no handler named {name}"),
-        )
-    })?;
-    let stats = state.stats.get(&name).map(|s| s.snapshot());
-    let lag: BTreeMap<String, i64> = state.store.lag(&name).await?.into_iter().collect();
-    Ok(Json(json!({
-        "name": record.name,
-        "config": record.config,
-        "active_version": record.active_version,
-        "versions": record.versions,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "stats": stats,
-        "lag": lag,
-    })))
+    let record = state
+        .store
+        .handler(&name)
+        .await?
+        .ok_or_else(|| unknown_handler(&name))?;
+    Ok(Json(handler_json(&state, record).await?))
+}
+
+/// Creates (201) or reconfigures (200) a handler: the body is its
+/// configuration as in `sluice.toml`, without `name` (it is in the path) and
+/// `component` (versions are uploaded separately).
+async fn put_handler(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let pipeline = running(&state)?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?;
+    let Value::Object(mut fields) = value else {
+        return Err(ApiError::bad_request(
+            "the body must be a JSON object: {\"topics\": [...], ...}",
+        ));
+    };
+    if fields.contains_key("component") {
+        return Err(ApiError::bad_request(format!(
+            "`component` is not part of the configuration: upload versions with POST /v1/handlers/{name}/versions"
+        )));
+    }
+    match fields.get("name") {
+        Some(Value::String(n)) if *n == name => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`name` in the body ({other}) differs from the path ({name})"
+            )));
+        }
+        None => {
+            fields.insert("name".into(), Value::String(name.clone()));
+        }
+    }
+    let config: HandlerConfig = serde_json::from_value(Value::Object(fields))
+        .map_err(|e| ApiError::bad_request(format!("handler configuration: {e}")))?;
+    config.validate().map_err(ApiError::bad_request)?;
+    let existed = state.store.handler(&name).await?.is_some();
+    let record = pipeline.configure(config).await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(handler_json(&state, record).await?)))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeleteParams {
+    #[serde(default)]
+    purge: bool,
+}
+
+/// Stops a handler and removes it with its versions; `?purge=true` also
+/// removes its positions, processed records, state and DLQ entries.
+async fn delete_handler(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(params): Query<DeleteParams>,
+) -> ApiResult<Json<Value>> {
+    let pipeline = running(&state)?;
+    pipeline.remove(&name, params.purge).await?;
+    Ok(Json(
+        json!({ "name": name, "deleted": true, "purged": params.purge }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -811,12 +930,22 @@ async fn redrive_dlq(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?
     };
+    let entry = state
+        .store
+        .dlq_get(id)
+        .await?
+        .ok_or_else(|| ApiError::from(store::Error::NotFound(format!("DLQ entry {id}"))))?;
+    if !handler_exists(&state, &entry.handler) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "handler_gone",
+            format!(
+                "handler {} no longer exists: create it again (PUT /v1/handlers/{}) or discard the entry",
+                entry.handler, entry.handler
+            ),
+        ));
+    }
     if let Some(version) = request.version {
-        let entry = state
-            .store
-            .dlq_get(id)
-            .await?
-            .ok_or_else(|| ApiError::from(store::Error::NotFound(format!("DLQ entry {id}"))))?;
         if state
             .store
             .component(&entry.handler, version)
@@ -845,6 +974,15 @@ struct RedriveFilter {
     topic: Option<String>,
 }
 
+/// Whether a redrive of `handler`'s entries would reach a dispatcher (always
+/// true when this server runs no pipeline: nothing to check against).
+fn handler_exists(state: &AppState, handler: &str) -> bool {
+    state
+        .pipeline
+        .as_ref()
+        .is_none_or(|p| p.stats(handler).is_some())
+}
+
 /// Bulk redrive: every pending entry matching the filter (an empty body
 /// matches all), each to the handler that failed it.
 async fn redrive_many(State(state): State<AppState>, body: Bytes) -> ApiResult<Json<Value>> {
@@ -855,6 +993,8 @@ async fn redrive_many(State(state): State<AppState>, body: Bytes) -> ApiResult<J
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))?
     };
     let mut redriven = Vec::new();
+    // Entries of handlers that no longer exist: nobody would run them.
+    let mut skipped = Vec::new();
     let mut cursor = None;
     loop {
         let page = state
@@ -871,6 +1011,10 @@ async fn redrive_many(State(state): State<AppState>, body: Bytes) -> ApiResult<J
             break;
         };
         for entry in page {
+            if !handler_exists(&state, &entry.handler) {
+                skipped.push(entry.id);
+                continue;
+            }
             match state.store.dlq_act(entry.id, DlqAction::Redrive).await {
                 Ok(_) => redriven.push(entry.id),
                 // Acted on meanwhile by someone else: not ours to count.
@@ -881,7 +1025,7 @@ async fn redrive_many(State(state): State<AppState>, body: Bytes) -> ApiResult<J
         cursor = Some(last);
     }
     state.signals.actions.notify_waiters();
-    Ok(Json(json!({ "redriven": redriven })))
+    Ok(Json(json!({ "redriven": redriven, "skipped": skipped })))
 }
 
 async fn discard_dlq(State(state): State<AppState>, Path(id): Path<i64>) -> ApiResult<Json<Value>> {

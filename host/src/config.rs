@@ -234,8 +234,11 @@ impl RetryPolicy {
 pub struct HandlerConfig {
     /// Unique name; part of emitted ids and of every record.
     pub name: String,
-    /// Path of the component (`.wasm`).
-    pub component: PathBuf,
+    /// Path of the component (`.wasm`), registered as a version at start
+    /// (a file new to the registry is activated). Leave it out to run the
+    /// registry's active version, or to wait for one to be uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<PathBuf>,
     /// Topics it consumes, each from its own position.
     pub topics: Vec<String>,
     /// Event types it receives; empty means all. A trailing `*` matches a
@@ -264,6 +267,40 @@ fn default_concurrency() -> usize {
 }
 
 impl HandlerConfig {
+    /// Checks what serde cannot: the name, topics and ranges. The message
+    /// names the handler and the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let name = &self.name;
+        if !valid_handler_name(name) {
+            return Err(format!(
+                "handler name {name:?} is not valid: lowercase letters, digits, '-' and '_', starting with a letter, at most 64"
+            ));
+        }
+        if self.topics.is_empty() {
+            return Err(format!("handler {name:?} subscribes to no topic"));
+        }
+        if let Some(t) = self.topics.iter().find(|t| !valid_topic_name(t)) {
+            return Err(format!("handler {name:?}: topic name {t:?} is not valid"));
+        }
+        if self.types.iter().any(|t| t.trim().is_empty()) {
+            return Err(format!("handler {name:?}: an event type filter is empty"));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(format!(
+                "handler {name:?}: retry.max_attempts must be at least 1"
+            ));
+        }
+        if !(self.retry.multiplier.is_finite() && self.retry.multiplier >= 1.0) {
+            return Err(format!(
+                "handler {name:?}: retry.multiplier must be a number of at least 1"
+            ));
+        }
+        if self.concurrency == 0 {
+            return Err(format!("handler {name:?}: concurrency must be at least 1"));
+        }
+        Ok(())
+    }
+
     /// Does this handler receive events of type `ty`?
     pub fn accepts(&self, ty: &str) -> bool {
         self.types.is_empty()
@@ -333,35 +370,9 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for h in &self.handlers {
-            if !valid_handler_name(&h.name) {
-                return invalid(format!(
-                    "handler name {:?} is not valid: lowercase letters, digits, '-' and '_', starting with a letter",
-                    h.name
-                ));
-            }
+            h.validate().map_err(Error::Invalid)?;
             if !names.insert(&h.name) {
                 return invalid(format!("handler {:?} is defined twice", h.name));
-            }
-            if h.topics.is_empty() {
-                return invalid(format!("handler {:?} subscribes to no topic", h.name));
-            }
-            if let Some(t) = h.topics.iter().find(|t| !valid_topic_name(t)) {
-                return invalid(format!(
-                    "handler {:?}: topic name {t:?} is not valid",
-                    h.name
-                ));
-            }
-            if h.retry.max_attempts == 0 {
-                return invalid(format!(
-                    "handler {:?}: retry.max_attempts must be at least 1",
-                    h.name
-                ));
-            }
-            if h.concurrency == 0 {
-                return invalid(format!(
-                    "handler {:?}: concurrency must be at least 1",
-                    h.name
-                ));
             }
         }
         Ok(())

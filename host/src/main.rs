@@ -40,11 +40,14 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
-    /// Show the running handlers and their counters.
+    /// Show the handlers: configuration, versions, counters.
     Handlers(HandlersArgs),
     /// Upload a component as a new version of a handler and activate it
-    /// (hot swap, no restart).
+    /// (hot swap, no restart). With --topic/--type, first create the handler
+    /// or change its subscriptions.
     Deploy(DeployArgs),
+    /// Stop a handler and delete it with its versions.
+    Remove(RemoveArgs),
     /// Activate a stored version of a handler (hot swap; rollback is
     /// activating an older version).
     Activate(ActivateArgs),
@@ -145,9 +148,29 @@ struct DeployArgs {
     name: String,
     /// The component (`.wasm`).
     file: PathBuf,
+    /// Topic to subscribe to (repeatable). Creates the handler if it does
+    /// not exist; replaces the topics of an existing one.
+    #[arg(long = "topic", value_name = "TOPIC")]
+    topics: Vec<String>,
+    /// Event type to receive (repeatable; a trailing `*` matches a prefix).
+    /// Replaces the type filter; without it, an existing filter stays.
+    #[arg(long = "type", value_name = "TYPE")]
+    types: Vec<String>,
     /// Upload only; activate later with `sluice activate`.
     #[arg(long)]
     no_activate: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(clap::Args)]
+struct RemoveArgs {
+    /// Handler name.
+    name: String,
+    /// Also delete its positions, processed records, state and DLQ entries
+    /// (a handler created again under the name then starts afresh).
+    #[arg(long)]
+    purge: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -259,6 +282,7 @@ fn main() -> ExitCode {
         Command::Events { command } => async_main(events(command)),
         Command::Handlers(args) => async_main(handlers(args)),
         Command::Deploy(args) => async_main(deploy(args)),
+        Command::Remove(args) => async_main(remove(args)),
         Command::Activate(args) => async_main(activate(args)),
     };
     match result {
@@ -325,7 +349,6 @@ async fn run_host(args: RunArgs) -> anyhow::Result<ExitCode> {
         signals,
         default_partitions: config.pipeline.default_partitions,
         max_body_bytes: config.admin.max_body_bytes,
-        stats: Arc::new(pipeline.stats.clone().into_iter().collect()),
         token,
         max_upload_bytes: config.admin.max_upload_bytes,
         pipeline: Some(pipeline.clone()),
@@ -424,6 +447,24 @@ async fn send(
     path: &str,
     with_body: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
 ) -> anyhow::Result<serde_json::Value> {
+    let (status, value, text) = request(client, method, path, with_body).await?;
+    if !status.is_success() {
+        match (value["error"].as_str(), value["detail"].as_str()) {
+            (Some(error), Some(detail)) => anyhow::bail!("{status}: {error}: {detail}"),
+            _ => anyhow::bail!("{status}: {text}"),
+        }
+    }
+    Ok(value)
+}
+
+/// One admin API call, whatever its status: status, JSON body (`null` if
+/// it is not JSON) and the raw text.
+async fn request(
+    client: &ClientArgs,
+    method: reqwest::Method,
+    path: &str,
+    with_body: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value, String)> {
     let url = format!("{}{path}", client.url.trim_end_matches('/'));
     let mut request = reqwest::Client::new().request(method, &url);
     if let Some(token) = &client.token {
@@ -437,18 +478,48 @@ async fn send(
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-    if !status.is_success() {
-        match (value["error"].as_str(), value["detail"].as_str()) {
-            (Some(error), Some(detail)) => anyhow::bail!("{status}: {error}: {detail}"),
-            _ => anyhow::bail!("{status}: {text}"),
+    Ok((status, value, text))
+}
+
+/// Creates the handler, or changes its subscriptions, as `--topic` and
+/// `--type` ask; the rest of an existing configuration stays.
+async fn subscribe(args: &DeployArgs) -> anyhow::Result<()> {
+    let path = format!("/v1/handlers/{}", args.name);
+    let (status, mut record, text) =
+        request(&args.client, reqwest::Method::GET, &path, |r| r).await?;
+    let mut config = if status == reqwest::StatusCode::NOT_FOUND {
+        if args.topics.is_empty() {
+            anyhow::bail!(
+                "handler {} does not exist: give --topic to create it",
+                args.name
+            );
         }
+        serde_json::json!({})
+    } else if status.is_success() {
+        record["config"].take()
+    } else {
+        anyhow::bail!("reading handler {}: {status}: {text}", args.name);
+    };
+    if let Some(fields) = config.as_object_mut() {
+        fields.remove("name");
+        fields.remove("component");
     }
-    Ok(value)
+    if !args.topics.is_empty() {
+        config["topics"] = args.topics.clone().into();
+    }
+    if !args.types.is_empty() {
+        config["types"] = args.types.clone().into();
+    }
+    call(&args.client, reqwest::Method::PUT, &path, Some(config)).await?;
+    Ok(())
 }
 
 async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
+    if !args.topics.is_empty() || !args.types.is_empty() {
+        subscribe(&args).await?;
+    }
     let answer = send(
         &args.client,
         reqwest::Method::POST,
@@ -477,6 +548,27 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             } else {
                 ", active"
             }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
+    let answer = call(
+        &args.client,
+        reqwest::Method::DELETE,
+        &format!("/v1/handlers/{}?purge={}", args.name, args.purge),
+        None,
+    )
+    .await?;
+    if args.client.json {
+        print_json(&answer)?;
+    } else if args.purge {
+        println!("{} deleted, with its records", args.name);
+    } else {
+        println!(
+            "{} deleted (its positions, state and DLQ entries are kept)",
+            args.name
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -517,12 +609,19 @@ async fn handler_detail(name: &str, client: &ClientArgs) -> anyhow::Result<ExitC
     }
     let config = &h["config"];
     println!(
-        "handler {name}: topics {} types {} concurrency {} on_dead_letter {}",
+        "handler {name} ({}, managed by {}): topics {} types {} concurrency {} on_dead_letter {}",
+        if h["running"] == true {
+            "running"
+        } else {
+            "not running"
+        },
+        cell(&h["managed_by"]),
         config["topics"],
         config["types"],
         cell(&config["concurrency"]),
         cell(&config["on_dead_letter"])
     );
+    println!("retry {} limits {}", config["retry"], config["limits"]);
     let active = h["active_version"].as_i64();
     let rows = h["versions"]
         .as_array()
@@ -789,8 +888,6 @@ async fn handlers(args: HandlersArgs) -> anyhow::Result<ExitCode> {
         print_json(&answer)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let all = answer["handlers"].as_object().cloned().unwrap_or_default();
-    let selected: Vec<(&String, &serde_json::Value)> = all.iter().collect();
     let columns = [
         "processed",
         "duplicates",
@@ -800,17 +897,41 @@ async fn handlers(args: HandlersArgs) -> anyhow::Result<ExitCode> {
         "parked",
         "in_flight",
     ];
-    let rows = selected
-        .iter()
-        .map(|(name, s)| {
-            std::iter::once(name.to_string())
-                .chain(columns.iter().map(|c| cell(&s[*c])))
-                .collect()
+    let rows = answer["handlers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            let lag: i64 = h["lag"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(_, v)| v.as_i64())
+                .sum();
+            let topics: Vec<&str> = h["config"]["topics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str())
+                .collect();
+            [
+                cell(&h["name"]),
+                cell(&h["active_version"]),
+                if h["running"] == true { "yes" } else { "no" }.into(),
+                topics.join(","),
+            ]
+            .into_iter()
+            .chain(columns.iter().map(|c| cell(&h["stats"][*c])))
+            .chain(std::iter::once(lag.to_string()))
+            .collect()
         })
         .collect();
     table(
         &[
             "HANDLER",
+            "VERSION",
+            "RUNNING",
+            "TOPICS",
             "PROCESSED",
             "DUPLICATES",
             "FAILED",
@@ -818,6 +939,7 @@ async fn handlers(args: HandlersArgs) -> anyhow::Result<ExitCode> {
             "DEAD",
             "PARKED",
             "IN_FLIGHT",
+            "LAG",
         ],
         rows,
     );

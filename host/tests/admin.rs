@@ -4,7 +4,6 @@
 // Test helpers panic on purpose: a failed setup is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -38,7 +37,6 @@ impl Api {
             signals: signals.clone(),
             default_partitions: 3,
             max_body_bytes: 64 << 10,
-            stats: Arc::new(BTreeMap::new()),
             token: token.map(Into::into),
             max_upload_bytes: 1 << 20,
             pipeline: None,

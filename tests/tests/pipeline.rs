@@ -110,7 +110,12 @@ impl Host {
     }
 
     fn stat(&self, handler: &str) -> sluice::pipeline::StatsSnapshot {
-        self.pipeline.as_ref().unwrap().stats[handler].snapshot()
+        self.pipeline
+            .as_ref()
+            .unwrap()
+            .stats(handler)
+            .unwrap()
+            .snapshot()
     }
 
     async fn state_list(&self, handler: &str, key: &str, list: &str) -> Vec<u64> {

@@ -165,43 +165,16 @@ impl Dispatcher {
         stats: Arc<HandlerStats>,
         pipeline: &PipelineConfig,
     ) -> store::Result<Self> {
-        let mut topics = Vec::new();
-        let mut start_positions = Vec::new();
-        let last_seqs: HashMap<String, i64> = store
-            .topics()
+        let topics = pin_positions(&store, &cfg)
             .await?
             .into_iter()
-            .map(|t| (t.name, t.last_seq))
-            .collect();
-        for name in &cfg.topics {
-            let position = match store.position(&cfg.name, name).await? {
-                Some(p) => p,
-                None => {
-                    let p = match cfg.start_from {
-                        StartFrom::Earliest => 0,
-                        StartFrom::Latest => last_seqs.get(name).copied().unwrap_or(0),
-                    };
-                    start_positions.push((cfg.name.clone(), name.clone(), p));
-                    p
-                }
-            };
-            topics.push(TopicCursor {
-                name: name.clone(),
+            .map(|(name, position)| TopicCursor {
+                name,
                 fetched: position,
                 committed: position,
                 inflight: BTreeMap::new(),
-            });
-        }
-        if !start_positions.is_empty() {
-            // Pin where a new subscription starts, so that `latest` means
-            // the moment it was first deployed, not every restart.
-            store
-                .commit(&Batch {
-                    positions: start_positions,
-                    ..Default::default()
-                })
-                .await?;
-        }
+            })
+            .collect();
         let restored = store.pending_attempts(&cfg.name).await?;
         let parked = store.parked_keys(&cfg.name).await?;
         Ok(Self {
@@ -869,6 +842,56 @@ impl Dispatcher {
             .map_err(|e| e.to_string())?;
         Ok(current.with_component(component))
     }
+}
+
+/// The position of `cfg` on each of its topics, in order. A topic without
+/// a stored position gets one now, from `start_from`, so that `latest`
+/// means the moment the subscription was made, not every restart.
+pub async fn pin_positions(
+    store: &Arc<dyn Store>,
+    cfg: &HandlerConfig,
+) -> store::Result<Vec<(String, i64)>> {
+    let mut positions = Vec::new();
+    let mut pinned = Vec::new();
+    let mut last_seqs: Option<HashMap<String, i64>> = None;
+    for name in &cfg.topics {
+        let position = match store.position(&cfg.name, name).await? {
+            Some(p) => p,
+            None => {
+                let p = match cfg.start_from {
+                    StartFrom::Earliest => 0,
+                    StartFrom::Latest => {
+                        if last_seqs.is_none() {
+                            last_seqs = Some(
+                                store
+                                    .topics()
+                                    .await?
+                                    .into_iter()
+                                    .map(|t| (t.name, t.last_seq))
+                                    .collect(),
+                            );
+                        }
+                        last_seqs
+                            .as_ref()
+                            .and_then(|l| l.get(name).copied())
+                            .unwrap_or(0)
+                    }
+                };
+                pinned.push((cfg.name.clone(), name.clone(), p));
+                p
+            }
+        };
+        positions.push((name.clone(), position));
+    }
+    if !pinned.is_empty() {
+        store
+            .commit(&Batch {
+                positions: pinned,
+                ..Default::default()
+            })
+            .await?;
+    }
+    Ok(positions)
 }
 
 async fn join_commit(

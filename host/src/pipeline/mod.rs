@@ -21,7 +21,7 @@
 pub mod dispatcher;
 pub mod relay;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,9 +30,9 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, HandlerConfig};
+use crate::config::{Config, HandlerConfig, PipelineConfig};
 use crate::runtime::{self, Handler, LoadedComponent, Runtime};
-use crate::store::{self, Batch, CommitReport, Store};
+use crate::store::{self, Batch, CommitReport, ManagedBy, Store};
 
 /// Errors of starting the pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,12 @@ pub enum Error {
     /// No handler of that name runs here.
     #[error("no handler named {0}")]
     UnknownHandler(String),
+    /// The handler is declared in the configuration file, which owns it.
+    #[error("handler {0} is declared in the configuration file: change it there")]
+    ManagedByConfig(String),
+    /// The pipeline is shutting down.
+    #[error("the pipeline is shutting down")]
+    Stopping,
 }
 
 /// Result of this module.
@@ -288,25 +294,55 @@ impl Default for Signals {
     }
 }
 
-/// A running pipeline.
-pub struct Pipeline {
-    /// Stats per handler.
-    pub stats: HashMap<String, Arc<HandlerStats>>,
-    /// The active version of each handler.
-    versions: HashMap<String, watch::Sender<Handler>>,
-    runtime: Arc<Runtime>,
-    /// The signals, for the admin API.
-    pub signals: Signals,
+/// One handler known to a running pipeline.
+struct Slot {
+    config: HandlerConfig,
+    stats: Arc<HandlerStats>,
+    /// `None` until a version is active.
+    running: Option<Running>,
+}
+
+/// A running dispatcher and the handles to steer it.
+struct Running {
+    version: watch::Sender<Handler>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// What starting a dispatcher needs.
+struct Parts {
     store: Arc<dyn Store>,
-    shutdown: watch::Sender<bool>,
-    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
-    committer_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    runtime: Arc<Runtime>,
+    signals: Signals,
+    pipeline: PipelineConfig,
+    /// `None` once the pipeline is shutting down.
     committer: std::sync::Mutex<Option<Committer>>,
 }
 
+/// A running pipeline: the committer, the relay, and one dispatcher per
+/// handler with an active version. Handlers can be added, reconfigured,
+/// swapped to another version and removed while it runs.
+pub struct Pipeline {
+    parts: Parts,
+    /// Handlers by name: those declared in the configuration file and those
+    /// created through the API. Locked only briefly, never across an await.
+    slots: std::sync::Mutex<BTreeMap<String, Slot>>,
+    /// Names declared in the configuration file: the file owns them.
+    declared: HashSet<String>,
+    /// Serialises changes (configure, activate, delete), which may wait for
+    /// a dispatcher to drain.
+    changes: tokio::sync::Mutex<()>,
+    /// The signals, for the admin API.
+    pub signals: Signals,
+    shutdown: watch::Sender<bool>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    committer_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
 impl Pipeline {
-    /// Loads every handler's component and starts the dispatchers, the
-    /// committer and the relay.
+    /// Registers the configured handlers, loads the active version of every
+    /// handler (configured or created through the API), and starts the
+    /// dispatchers, the committer and the relay.
     pub async fn start(
         config: &Config,
         store: Arc<dyn Store>,
@@ -322,26 +358,45 @@ impl Pipeline {
             signals.relay.clone(),
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let runtime = runtime.clone();
-        let mut tasks = Vec::new();
-        let mut stats = HashMap::new();
-        let mut versions = HashMap::new();
+        let pipeline = Self {
+            parts: Parts {
+                store: store.clone(),
+                runtime,
+                signals: signals.clone(),
+                pipeline: config.pipeline.clone(),
+                committer: std::sync::Mutex::new(Some(committer)),
+            },
+            slots: std::sync::Mutex::new(BTreeMap::new()),
+            declared: config.handlers.iter().map(|h| h.name.clone()).collect(),
+            changes: tokio::sync::Mutex::new(()),
+            signals: signals.clone(),
+            shutdown,
+            tasks: std::sync::Mutex::new(Vec::new()),
+            committer_task: std::sync::Mutex::new(Some(committer_task)),
+        };
         for handler in &config.handlers {
-            let spawned = spawn_handler(
-                handler,
-                config,
-                &store,
-                &runtime,
-                &committer,
-                &signals,
-                shutdown_rx.clone(),
-            )
-            .await?;
-            stats.insert(handler.name.clone(), spawned.0);
-            versions.insert(handler.name.clone(), spawned.1);
-            tasks.push(spawned.2);
+            let component = seed_registry(handler, &store, &pipeline.parts.runtime).await?;
+            pipeline.install(handler.clone(), component).await?;
         }
-        tasks.push(tokio::spawn(relay::run(
+        for record in store.handlers().await? {
+            if record.managed_by != ManagedBy::Api || pipeline.declared.contains(&record.name) {
+                continue;
+            }
+            let handler: HandlerConfig = match serde_json::from_value(record.config.clone()) {
+                Ok(h) => h,
+                Err(e) => {
+                    // One unreadable record must not keep the others down.
+                    tracing::error!(handler = %record.name, "stored configuration is unreadable, not starting it: {e}");
+                    continue;
+                }
+            };
+            let component = match record.active_version {
+                Some(v) => Some(pipeline.load_version(&record.name, v).await?),
+                None => None,
+            };
+            pipeline.install(handler, component).await?;
+        }
+        lock(&pipeline.tasks).push(tokio::spawn(relay::run(
             store.clone(),
             signals.clone(),
             config.pipeline.relay_batch,
@@ -352,51 +407,248 @@ impl Pipeline {
         // Anything appended before start (or by another process) is picked
         // up by the dispatchers' first read; nudge the relay once too.
         signals.relay.notify_one();
-        Ok(Self {
+        Ok(pipeline)
+    }
+
+    /// Adds a slot for `config`, with a running dispatcher if a version is
+    /// given. Counters of an earlier slot of the same name carry over.
+    async fn install(
+        &self,
+        config: HandlerConfig,
+        component: Option<Arc<LoadedComponent>>,
+    ) -> Result<()> {
+        let stats = self
+            .stats(&config.name)
+            .unwrap_or_else(|| Arc::new(HandlerStats::default()));
+        let running = match component {
+            Some(component) => Some(self.spawn(&config, component, stats.clone()).await?),
+            None => None,
+        };
+        lock(&self.slots).insert(
+            config.name.clone(),
+            Slot {
+                config,
+                stats,
+                running,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts a dispatcher for `config` running `component`.
+    async fn spawn(
+        &self,
+        config: &HandlerConfig,
+        component: Arc<LoadedComponent>,
+        stats: Arc<HandlerStats>,
+    ) -> Result<Running> {
+        let committer = lock(&self.parts.committer)
+            .clone()
+            .ok_or(Error::Stopping)?;
+        tracing::info!(
+            handler = %config.name,
+            digest = %component.digest(),
+            topics = ?config.topics,
+            "handler started"
+        );
+        let bound = self
+            .parts
+            .runtime
+            .handler(&config.name, component, config.limits.clone());
+        let (version, version_rx) = watch::channel(bound);
+        let (stop, stop_rx) = watch::channel(false);
+        let dispatcher = dispatcher::Dispatcher::new(
+            config.clone(),
+            version_rx,
+            self.parts.store.clone(),
+            committer,
+            self.parts.signals.clone(),
             stats,
-            versions,
-            runtime,
-            signals,
-            store,
-            shutdown,
-            tasks: std::sync::Mutex::new(tasks),
-            committer_task: std::sync::Mutex::new(Some(committer_task)),
-            committer: std::sync::Mutex::new(Some(committer)),
+            &self.parts.pipeline,
+        )
+        .await?;
+        Ok(Running {
+            version,
+            stop,
+            task: tokio::spawn(dispatcher.run(stop_rx)),
         })
+    }
+
+    /// The counters of `handler`, if it is known here.
+    pub fn stats(&self, handler: &str) -> Option<Arc<HandlerStats>> {
+        lock(&self.slots).get(handler).map(|s| s.stats.clone())
+    }
+
+    /// The counters of every handler known here, by name.
+    pub fn all_stats(&self) -> Vec<(String, Arc<HandlerStats>)> {
+        lock(&self.slots)
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.stats.clone()))
+            .collect()
+    }
+
+    /// Whether `handler` has a running dispatcher.
+    pub fn is_running(&self, handler: &str) -> bool {
+        lock(&self.slots)
+            .get(handler)
+            .is_some_and(|s| s.running.is_some())
+    }
+
+    /// The topics `handler` subscribes to now.
+    pub fn topics(&self, handler: &str) -> Option<Vec<String>> {
+        lock(&self.slots)
+            .get(handler)
+            .map(|s| s.config.topics.clone())
+    }
+
+    /// Whether the configuration file declares `handler`.
+    pub fn is_declared(&self, handler: &str) -> bool {
+        self.declared.contains(handler)
+    }
+
+    /// Fails unless `handler` can be steered here: known, and if declared
+    /// nowhere, registered.
+    fn check_known(&self, handler: &str) -> Result<()> {
+        if lock(&self.slots).contains_key(handler) {
+            Ok(())
+        } else {
+            Err(Error::UnknownHandler(handler.to_owned()))
+        }
     }
 
     /// Hot swap: from now on, `handler` runs `component`. Invocations that
     /// already started finish on the version that started them; every event
-    /// started afterwards runs the new one. No restart, nothing lost.
-    pub fn activate(&self, handler: &str, component: Arc<LoadedComponent>) -> Result<()> {
-        let sender = self
-            .versions
-            .get(handler)
-            .ok_or_else(|| Error::UnknownHandler(handler.to_owned()))?;
-        let limits = sender.borrow().limits().clone();
-        let next = self.runtime.handler(handler, component, limits);
-        tracing::info!(handler, digest = %next.component().digest(), "version activated");
-        sender.send_replace(next);
+    /// started afterwards runs the new one. No restart, nothing lost. A
+    /// handler without a running dispatcher (no version yet) starts.
+    async fn swap(&self, handler: &str, component: Arc<LoadedComponent>) -> Result<()> {
+        let (config, stats, sender) = {
+            let slots = lock(&self.slots);
+            let slot = slots
+                .get(handler)
+                .ok_or_else(|| Error::UnknownHandler(handler.to_owned()))?;
+            (
+                slot.config.clone(),
+                slot.stats.clone(),
+                slot.running.as_ref().map(|r| r.version.clone()),
+            )
+        };
+        tracing::info!(handler, digest = %component.digest(), "version activated");
+        match sender {
+            Some(sender) => {
+                let next = self
+                    .parts
+                    .runtime
+                    .handler(handler, component, config.limits.clone());
+                sender.send_replace(next);
+            }
+            None => {
+                let running = self.spawn(&config, component, stats).await?;
+                if let Some(slot) = lock(&self.slots).get_mut(handler) {
+                    slot.running = Some(running);
+                }
+            }
+        }
         Ok(())
     }
 
     /// The digest of the version `handler` runs now.
     pub fn active_digest(&self, handler: &str) -> Option<String> {
-        self.versions
-            .get(handler)
-            .map(|s| s.borrow().component().digest().to_owned())
+        lock(&self.slots).get(handler).and_then(|s| {
+            s.running
+                .as_ref()
+                .map(|r| r.version.borrow().component().digest().to_owned())
+        })
+    }
+
+    /// Creates or reconfigures a handler managed through the API:
+    /// subscriptions, type filter, retry policy, limits, concurrency, DLQ
+    /// mode. A running handler drains (running invocations finish and
+    /// commit) and restarts with the new configuration on the same version;
+    /// nothing is lost or done twice. Handlers declared in the configuration
+    /// file are refused.
+    pub async fn configure(&self, config: HandlerConfig) -> Result<store::HandlerRecord> {
+        let name = config.name.clone();
+        if self.is_declared(&name) {
+            return Err(Error::ManagedByConfig(name));
+        }
+        let _change = self.changes.lock().await;
+        let value = serde_json::to_value(&config)
+            .map_err(|e| store::Error::Corrupt(format!("handler {name} config: {e}")))?;
+        let record = self
+            .parts
+            .store
+            .put_handler(&name, &value, ManagedBy::Api)
+            .await?;
+        // Pin `latest` now: the subscription starts when it is made, even
+        // if its first version comes later.
+        dispatcher::pin_positions(&self.parts.store, &config).await?;
+        let previous = self.take_running(&name);
+        let component = match previous {
+            Some(running) => {
+                let component = running.version.borrow().component().clone();
+                drain(running).await;
+                Some(component)
+            }
+            // A handler known only to the registry (removed from the
+            // configuration file, now managed here) runs its active version.
+            None => match record.active_version {
+                Some(v) if !lock(&self.slots).contains_key(&name) => {
+                    Some(self.load_version(&name, v).await?)
+                }
+                _ => None,
+            },
+        };
+        self.install(config, component).await?;
+        tracing::info!(handler = %name, "handler configured");
+        Ok(record)
+    }
+
+    /// Stops `handler` (running invocations finish and commit) and removes
+    /// it with its versions; with `purge`, also its positions, processed
+    /// records, state and DLQ entries (see [`Store::delete_handler`]).
+    pub async fn remove(&self, handler: &str, purge: bool) -> Result<()> {
+        if self.is_declared(handler) {
+            return Err(Error::ManagedByConfig(handler.to_owned()));
+        }
+        let _change = self.changes.lock().await;
+        if let Some(running) = self.take_running(handler) {
+            drain(running).await;
+        }
+        lock(&self.slots).remove(handler);
+        if !self.parts.store.delete_handler(handler, purge).await? {
+            return Err(Error::UnknownHandler(handler.to_owned()));
+        }
+        tracing::info!(handler, purge, "handler removed");
+        Ok(())
+    }
+
+    fn take_running(&self, handler: &str) -> Option<Running> {
+        lock(&self.slots)
+            .get_mut(handler)
+            .and_then(|s| s.running.take())
     }
 
     /// Stops reading, lets running invocations finish and commit, then
     /// stops. Events waiting for a retry are left to the next start.
     pub async fn shutdown(&self) {
+        let _change = self.changes.lock().await;
         let _ = self.shutdown.send(true);
+        let running: Vec<Running> = lock(&self.slots)
+            .values_mut()
+            .filter_map(|s| s.running.take())
+            .collect();
+        for r in &running {
+            let _ = r.stop.send(true);
+        }
+        for r in running {
+            let _ = r.task.await;
+        }
         let tasks = std::mem::take(&mut *lock(&self.tasks));
         for task in tasks {
             let _ = task.await;
         }
         // Dropping the last sender ends the committer after its queue drains.
-        lock(&self.committer).take();
+        lock(&self.parts.committer).take();
         let committer_task = lock(&self.committer_task).take();
         if let Some(task) = committer_task {
             let _ = task.await;
@@ -412,17 +664,17 @@ impl Pipeline {
         bytes: Vec<u8>,
         activate: bool,
     ) -> Result<(store::VersionInfo, bool)> {
-        if !self.versions.contains_key(handler) {
-            return Err(Error::UnknownHandler(handler.to_owned()));
-        }
-        let (component, bytes) = compile(&self.runtime, handler, bytes).await?;
+        self.check_known(handler)?;
+        let (component, bytes) = compile(&self.parts.runtime, handler, bytes).await?;
+        let _change = self.changes.lock().await;
         let (info, created) = self
+            .parts
             .store
             .add_version(handler, component.digest(), &bytes)
             .await?;
         if activate {
-            self.activate(handler, component)?;
-            self.store.activate(handler, info.version).await?;
+            self.swap(handler, component).await?;
+            self.parts.store.activate(handler, info.version).await?;
         }
         Ok((info, created))
     }
@@ -434,20 +686,32 @@ impl Pipeline {
         handler: &str,
         version: i64,
     ) -> Result<store::HandlerRecord> {
-        if !self.versions.contains_key(handler) {
-            return Err(Error::UnknownHandler(handler.to_owned()));
-        }
+        self.check_known(handler)?;
+        let component = self.load_version(handler, version).await?;
+        let _change = self.changes.lock().await;
+        self.swap(handler, component).await?;
+        Ok(self.parts.store.activate(handler, version).await?)
+    }
+
+    /// Loads (from the cache, or compiles) a stored version.
+    async fn load_version(&self, handler: &str, version: i64) -> Result<Arc<LoadedComponent>> {
         let bytes = self
+            .parts
             .store
             .component(handler, version)
             .await?
             .ok_or_else(|| {
                 store::Error::NotFound(format!("version {version} of handler {handler}"))
             })?;
-        let (component, _) = compile(&self.runtime, handler, bytes).await?;
-        self.activate(handler, component)?;
-        Ok(self.store.activate(handler, version).await?)
+        Ok(compile(&self.parts.runtime, handler, bytes).await?.0)
     }
+}
+
+/// Stops a dispatcher and waits until its running invocations finished and
+/// their outcomes committed.
+async fn drain(running: Running) {
+    let _ = running.stop.send(true);
+    let _ = running.task.await;
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -473,76 +737,53 @@ async fn compile(
         })
 }
 
-/// Registers a configured handler and its component in the registry, and
-/// decides which version runs: a component file new to the registry is
-/// activated (the operator changed the file); otherwise the registry's
-/// active version runs, so activations made through the API survive a
-/// restart.
+/// Registers a configured handler (and its component file, if it names one)
+/// in the registry, and decides which version runs: a component file new to
+/// the registry is activated (the operator changed the file); otherwise the
+/// registry's active version runs, so activations made through the API
+/// survive a restart. `None`: no version yet (one can be uploaded).
 async fn seed_registry(
     handler: &HandlerConfig,
     store: &Arc<dyn Store>,
     runtime: &Arc<Runtime>,
-) -> Result<Arc<LoadedComponent>> {
-    let bytes = std::fs::read(&handler.component).map_err(|source| Error::Component {
+) -> Result<Option<Arc<LoadedComponent>>> {
+    let config = serde_json::to_value(handler)
+        .map_err(|e| store::Error::Corrupt(format!("handler {} config: {e}", handler.name)))?;
+    let record = store
+        .put_handler(&handler.name, &config, ManagedBy::Config)
+        .await?;
+    let stored = |version: i64| async move {
+        let bytes = store
+            .component(&handler.name, version)
+            .await?
+            .ok_or_else(|| {
+                store::Error::NotFound(format!("version {version} of handler {}", handler.name))
+            })?;
+        Ok::<_, Error>(compile(runtime, &handler.name, bytes).await?.0)
+    };
+    let Some(path) = &handler.component else {
+        return match record.active_version {
+            Some(active) => Ok(Some(stored(active).await?)),
+            None => Ok(None),
+        };
+    };
+    let bytes = std::fs::read(path).map_err(|source| Error::Component {
         handler: handler.name.clone(),
         source: runtime::Error::Read {
-            path: handler.component.clone(),
+            path: path.clone(),
             source,
         },
     })?;
     let (from_file, bytes) = compile(runtime, &handler.name, bytes).await?;
-    let config = serde_json::to_value(handler)
-        .map_err(|e| store::Error::Corrupt(format!("handler {} config: {e}", handler.name)))?;
-    let record = store.put_handler(&handler.name, &config).await?;
     let (info, created) = store
         .add_version(&handler.name, from_file.digest(), &bytes)
         .await?;
     match record.active_version {
-        Some(active) if !created && active != info.version => {
-            let stored = store
-                .component(&handler.name, active)
-                .await?
-                .ok_or_else(|| {
-                    store::Error::NotFound(format!("version {active} of handler {}", handler.name))
-                })?;
-            Ok(compile(runtime, &handler.name, stored).await?.0)
-        }
-        Some(active) if active == info.version => Ok(from_file),
+        Some(active) if !created && active != info.version => Ok(Some(stored(active).await?)),
+        Some(active) if active == info.version => Ok(Some(from_file)),
         _ => {
             store.activate(&handler.name, info.version).await?;
-            Ok(from_file)
+            Ok(Some(from_file))
         }
     }
-}
-
-async fn spawn_handler(
-    handler: &HandlerConfig,
-    config: &Config,
-    store: &Arc<dyn Store>,
-    runtime: &Arc<Runtime>,
-    committer: &Committer,
-    signals: &Signals,
-    shutdown: watch::Receiver<bool>,
-) -> Result<(Arc<HandlerStats>, watch::Sender<Handler>, JoinHandle<()>)> {
-    let component = seed_registry(handler, store, runtime).await?;
-    tracing::info!(
-        handler = %handler.name,
-        digest = %component.digest(),
-        topics = ?handler.topics,
-        "handler loaded"
-    );
-    let bound = runtime.handler(&handler.name, component, handler.limits.clone());
-    let (version_tx, version_rx) = watch::channel(bound);
-    let stats = Arc::new(HandlerStats::default());
-    let dispatcher = dispatcher::Dispatcher::new(
-        handler.clone(),
-        version_rx,
-        store.clone(),
-        committer.clone(),
-        signals.clone(),
-        stats.clone(),
-        &config.pipeline,
-    )
-    .await?;
-    Ok((stats, version_tx, tokio::spawn(dispatcher.run(shutdown))))
 }

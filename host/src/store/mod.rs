@@ -144,6 +144,38 @@ pub struct HandlerRecord {
     pub created_at: i64,
     /// Last change, ms since the epoch.
     pub updated_at: i64,
+    /// Who owns the configuration.
+    pub managed_by: ManagedBy,
+}
+
+/// Who owns a handler's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagedBy {
+    /// Declared in `sluice.toml`: the file wins at every start, and the API
+    /// does not change or delete it.
+    Config,
+    /// Created through the admin API; runs at start-up from the registry.
+    Api,
+}
+
+impl ManagedBy {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ManagedBy::Config => "config",
+            ManagedBy::Api => "api",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "config" => Ok(ManagedBy::Config),
+            "api" => Ok(ManagedBy::Api),
+            other => Err(Error::Corrupt(format!("unknown handler owner {other:?}"))),
+        }
+    }
 }
 
 /// A handler's final outcome for an event, as recorded.
@@ -408,7 +440,12 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_backlog(&self) -> Result<i64>;
 
     /// Creates or updates a handler's configuration; versions are kept.
-    async fn put_handler(&self, name: &str, config: &serde_json::Value) -> Result<HandlerRecord>;
+    async fn put_handler(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+        managed_by: ManagedBy,
+    ) -> Result<HandlerRecord>;
 
     /// One registered handler with its versions.
     async fn handler(&self, name: &str) -> Result<Option<HandlerRecord>>;
@@ -416,8 +453,13 @@ pub trait Store: Send + Sync + 'static {
     /// Every registered handler, by name.
     async fn handlers(&self) -> Result<Vec<HandlerRecord>>;
 
-    /// Removes a handler and its versions; `false` if there was none.
-    async fn delete_handler(&self, name: &str) -> Result<bool>;
+    /// Removes a handler and its versions; `false` if there was none. With
+    /// `purge`, also everything it recorded while consuming: positions,
+    /// processed records, state, attempts, parked keys and DLQ entries, so
+    /// that a handler created again under the name starts afresh. Without,
+    /// those stay and a re-created handler resumes where this one stopped.
+    /// Events it emitted are never removed.
+    async fn delete_handler(&self, name: &str, purge: bool) -> Result<bool>;
 
     /// Stores a component as the handler's next version, or returns the
     /// existing version with the same digest (`false`: nothing new).

@@ -21,7 +21,7 @@ use sqlx::{QueryBuilder, Row};
 
 use super::{
     Appended, AttemptRecord, Batch, CommitReport, DlqAction, DlqEntry, DlqFilter, DlqStatus, Error,
-    HandlerRecord, LogRecord, PendingAction, ProcessedRecord, Result, Store, StoreOptions,
+    HandlerRecord, LogRecord, ManagedBy, PendingAction, ProcessedRecord, Result, Store, StoreOptions,
     Synchronous, TopicInfo, VersionInfo, now_ms,
 };
 use crate::event::{Event, partition_for_key};
@@ -753,16 +753,23 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn put_handler(&self, name: &str, config: &serde_json::Value) -> Result<HandlerRecord> {
+    async fn put_handler(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+        managed_by: ManagedBy,
+    ) -> Result<HandlerRecord> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO handlers (name, config, created_at, updated_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at",
+            "INSERT INTO handlers (name, config, created_at, updated_at, managed_by) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at, \
+             managed_by = excluded.managed_by",
         )
         .bind(name)
         .bind(to_json(config)?)
         .bind(now)
         .bind(now)
+        .bind(managed_by.as_str())
         .execute(&self.pool)
         .await?;
         self.handler(name)
@@ -795,6 +802,7 @@ impl Store for SqliteStore {
             versions,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            managed_by: ManagedBy::parse(row.try_get("managed_by")?)?,
         }))
     }
 
@@ -811,12 +819,29 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn delete_handler(&self, name: &str) -> Result<bool> {
+    async fn delete_handler(&self, name: &str, purge: bool) -> Result<bool> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("DELETE FROM handler_versions WHERE handler = ?")
+        let mut tables = vec!["handler_versions"];
+        if purge {
+            tables.extend([
+                "positions",
+                "processed",
+                "state",
+                "attempts",
+                "parked_keys",
+                "parked_events",
+                "dlq_actions",
+                "dlq",
+            ]);
+        }
+        for table in tables {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE handler = ?"
+            )))
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        }
         let gone = sqlx::query("DELETE FROM handlers WHERE name = ?")
             .bind(name)
             .execute(&mut *tx)
@@ -1195,8 +1220,9 @@ mod tests {
             Err(Error::NotFound(_))
         ));
         let cfg = serde_json::json!({"topics": ["orders"]});
-        let h = s.put_handler("h", &cfg).await.unwrap();
-        assert_eq!((h.config.clone(), h.active_version), (cfg, None));
+        let h = s.put_handler("h", &cfg, ManagedBy::Api).await.unwrap();
+        assert_eq!((h.config.clone(), h.active_version), (cfg.clone(), None));
+        assert_eq!(h.managed_by, ManagedBy::Api);
         let (v1, new) = s.add_version("h", "d1", b"one").await.unwrap();
         assert!(new && v1.version == 1 && v1.size == 3);
         let (v2, _) = s.add_version("h", "d2", b"two!").await.unwrap();
@@ -1213,15 +1239,31 @@ mod tests {
         assert!(matches!(s.activate("h", 9).await, Err(Error::NotFound(_))));
         // Updating the config keeps versions and the active one.
         let h = s
-            .put_handler("h", &serde_json::json!({"topics": ["other"]}))
+            .put_handler(
+                "h",
+                &serde_json::json!({"topics": ["other"]}),
+                ManagedBy::Config,
+            )
             .await
             .unwrap();
         assert_eq!((h.active_version, h.versions.len()), (Some(2), 2));
+        assert_eq!(h.managed_by, ManagedBy::Config);
         assert_eq!(s.handlers().await.unwrap().len(), 1);
-        assert!(s.delete_handler("h").await.unwrap());
-        assert!(!s.delete_handler("h").await.unwrap());
+        // What the handler recorded while consuming outlives a plain delete
+        // (a re-created handler resumes) and goes with a purge.
+        let consumed = Batch {
+            positions: vec![("h".into(), "orders".into(), 7)],
+            ..Default::default()
+        };
+        s.commit(&consumed).await.unwrap();
+        assert!(s.delete_handler("h", false).await.unwrap());
+        assert!(!s.delete_handler("h", false).await.unwrap());
         assert!(s.handler("h").await.unwrap().is_none());
         assert!(s.component("h", 2).await.unwrap().is_none());
+        assert_eq!(s.position("h", "orders").await.unwrap(), Some(7));
+        s.put_handler("h", &cfg, ManagedBy::Api).await.unwrap();
+        assert!(s.delete_handler("h", true).await.unwrap());
+        assert_eq!(s.position("h", "orders").await.unwrap(), None);
     }
 
     #[tokio::test]
