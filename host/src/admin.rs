@@ -568,7 +568,10 @@ async fn lag(state: &AppState, handler: &str) -> ApiResult<Vec<(String, i64)>> {
     let topics = state.pipeline.as_ref().and_then(|p| p.topics(handler));
     let all = state.store.lag(handler).await?;
     Ok(match topics {
-        Some(topics) => all.into_iter().filter(|(t, _)| topics.contains(t)).collect(),
+        Some(topics) => all
+            .into_iter()
+            .filter(|(t, _)| topics.contains(t))
+            .collect(),
         None => all,
     })
 }

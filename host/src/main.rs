@@ -529,7 +529,17 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         ),
         |r| r.header("content-type", "application/wasm").body(bytes),
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        if args.topics.is_empty() && e.to_string().contains("unknown_handler") {
+            e.context(format!(
+                "handler {} does not exist: give --topic to create it",
+                args.name
+            ))
+        } else {
+            e
+        }
+    })?;
     if args.client.json {
         print_json(&answer)?;
     } else {

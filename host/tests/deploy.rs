@@ -459,3 +459,417 @@ async fn upload_activate_roll_back_and_survive_a_restart() {
     let state = api.get("/v1/handlers/first/state/pk3").await;
     assert_eq!(state["state"]["a"], json!([3]));
 }
+
+impl Api {
+    async fn put_handler(&self, name: &str, body: &str) -> (u16, Value) {
+        self.send(
+            self.client
+                .put(format!("{}/v1/handlers/{name}", self.base))
+                .header("content-type", "application/json")
+                .body(body.to_owned()),
+        )
+        .await
+    }
+
+    async fn delete_handler(&self, name: &str, query: &str) -> (u16, Value) {
+        self.send(
+            self.client
+                .delete(format!("{}/v1/handlers/{name}{query}", self.base)),
+        )
+        .await
+    }
+
+    async fn publish(&self, topic: &str, events: &Value) {
+        let (status, answer) = self
+            .send(
+                self.client
+                    .post(format!("{}/v1/topics/{topic}/events", self.base))
+                    .json(events),
+            )
+            .await;
+        assert_eq!(status, 202, "{answer}");
+    }
+
+    /// Waits until `check` accepts what `path` returns.
+    async fn wait_for(&self, path: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let value = self.get(path).await;
+            if check(&value) {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "{what}: {value}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn host_config(dir: &Path, port: u16, handlers: &str) -> PathBuf {
+    let config = dir.join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"sqlite://{db}\"\n[admin]\naddr = \"127.0.0.1:{port}\"\n\
+             [runtime]\ncache_dir = \"{cache}\"\n{handlers}",
+            db = dir.join("s.db").display(),
+            cache = dir.join("cache").display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Handlers created, reconfigured under load, restarted with the host and
+/// deleted, all through the API; the file-declared handler is off limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_are_created_reconfigured_and_deleted_at_runtime() {
+    let built = sluice::harness::build_components(
+        workspace(),
+        &["chain", "chain-v2"],
+        &workspace().join("target").join("guests"),
+    )
+    .unwrap();
+    let (v1_path, v2_path) = (&built[0], &built[1]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // One handler declared in the file (on a topic nobody else reads).
+    let config = host_config(
+        dir.path(),
+        port,
+        &format!(
+            "[[handlers]]\nname = \"declared\"\ncomponent = \"{}\"\ntopics = [\"elsewhere\"]\n",
+            v1_path.display()
+        ),
+    );
+    let log = dir.path().join("host.log");
+    let api = Api {
+        base: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+    };
+    let host = spawn(&config, &log);
+    api.wait_up(&log).await;
+
+    // Create: no version yet, so it does not run, and events wait for it.
+    let (status, h) = api
+        .put_handler(
+            "api",
+            r#"{"topics": ["in"], "types": ["step.a", "poison"]}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{h}");
+    assert_eq!(
+        (
+            h["running"].clone(),
+            h["managed_by"].clone(),
+            h["active_version"].clone()
+        ),
+        (json!(false), json!("api"), Value::Null)
+    );
+    assert_eq!(
+        h["config"]["retry"]["max_attempts"], 5,
+        "defaults filled in"
+    );
+    api.publish(
+        "in",
+        &json!({"id": "early", "type": "step.a", "key": "k0", "data": {"n": 0}}),
+    )
+    .await;
+    let (status, answer) = api
+        .upload("api", std::fs::read(v1_path).unwrap(), "?activate=true")
+        .await;
+    assert_eq!(status, 201, "{answer}");
+    api.wait_for("/v1/handlers/api/state/k0", "the waiting event ran", |s| {
+        s["state"]["a"] == json!([0])
+    })
+    .await;
+    assert_eq!(api.get("/v1/handlers/api").await["running"], true);
+
+    // Reconfigure three times while events flow: each change drains the
+    // running invocations and restarts on the same version. Ledger: every
+    // key's list holds each of its numbers once, in publish order.
+    let changes = [
+        r#"{"topics": ["in"], "types": ["step.a"], "concurrency": 1}"#,
+        r#"{"topics": ["in"], "types": ["step.*"], "concurrency": 8, "retry": {"max_attempts": 2, "initial_backoff_ms": 10}}"#,
+        r#"{"topics": ["in"], "types": ["step.a", "poison"], "on_dead_letter": "park", "limits": {"timeout_ms": 3000}}"#,
+    ];
+    let keys = 10;
+    let per_batch = 40;
+    let mut n = 1;
+    for (round, change) in changes.iter().enumerate() {
+        for _ in 0..3 {
+            let batch: Vec<Value> = (0..per_batch)
+                .map(|i| {
+                    let e = json!({"id": format!("r{n}"), "type": "step.a",
+                        "key": format!("k{}", i % keys), "data": {"n": n}});
+                    n += 1;
+                    e
+                })
+                .collect();
+            api.publish("in", &json!(batch)).await;
+        }
+        let (status, h) = api.put_handler("api", change).await;
+        assert_eq!(status, 200, "round {round}: {h}");
+        assert_eq!(h["active_version"], 1);
+    }
+    let total = n - 1;
+    let h = api
+        .wait_for("/v1/handlers/api", "every event processed", |h| {
+            h["stats"]["processed"] == json!(total + 1) && h["lag"]["in"] == 0
+        })
+        .await;
+    assert_eq!(h["config"]["on_dead_letter"], "park");
+    assert_eq!(
+        h["config"]["concurrency"], 16,
+        "unset fields are defaults again"
+    );
+    assert_eq!(h["running"], true);
+    for k in 0..keys {
+        let expected: Vec<u64> = (1..=total)
+            .filter(|n| (n - 1) % per_batch % keys == k)
+            .collect();
+        let mut expected_all = if k == 0 { vec![0] } else { vec![] };
+        expected_all.extend(expected);
+        let state = api.get(&format!("/v1/handlers/api/state/k{k}")).await;
+        assert_eq!(state["state"]["a"], json!(expected_all), "key k{k}");
+    }
+
+    // Every way a PUT or DELETE can be wrong, and nothing changes.
+    let bad: [(&str, &str, u16, &str, &str); 8] = [
+        ("api", "{", 400, "bad_json", ""),
+        ("api", "[1]", 400, "bad_request", "JSON object"),
+        ("api", r#"{"topics": []}"#, 400, "bad_request", "no topic"),
+        (
+            "api",
+            r#"{"topics": ["in"], "retries": 3}"#,
+            400,
+            "bad_request",
+            "unknown field `retries`",
+        ),
+        (
+            "api",
+            r#"{"topics": ["in"], "component": "x.wasm"}"#,
+            400,
+            "bad_request",
+            "versions",
+        ),
+        (
+            "api",
+            r#"{"name": "other", "topics": ["in"]}"#,
+            400,
+            "bad_request",
+            "differs",
+        ),
+        (
+            "Bad-Name",
+            r#"{"topics": ["in"]}"#,
+            400,
+            "bad_request",
+            "not valid",
+        ),
+        (
+            "declared",
+            r#"{"topics": ["in"]}"#,
+            409,
+            "managed_by_config",
+            "configuration file",
+        ),
+    ];
+    for (name, body, status, kind, detail) in bad {
+        let (got, answer) = api.put_handler(name, body).await;
+        assert_eq!(
+            (got, answer["error"].as_str()),
+            (status, Some(kind)),
+            "{body}: {answer}"
+        );
+        assert!(
+            answer["detail"].as_str().unwrap().contains(detail),
+            "{body}: {answer}"
+        );
+    }
+    let (status, answer) = api.delete_handler("declared", "").await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (409, Some("managed_by_config"))
+    );
+    let (status, answer) = api.delete_handler("nobody", "").await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (404, Some("unknown_handler"))
+    );
+    let (status, answer) = api.delete_handler("api", "?purge=maybe").await;
+    assert_eq!(status, 400, "{answer}");
+    for r in [
+        api.client
+            .put(format!("{}/v1/handlers/api", api.base))
+            .body("{}"),
+        api.client.delete(format!("{}/v1/handlers/api", api.base)),
+    ] {
+        assert_eq!(r.send().await.unwrap().status(), 401, "needs the token");
+    }
+    let h = api.get("/v1/handlers/api").await;
+    assert_eq!(
+        (h["running"].clone(), h["config"]["on_dead_letter"].clone()),
+        (json!(true), json!("park"))
+    );
+
+    // A poison event parks its key (the configured mode); then the host
+    // restarts and the API-created handler runs again from the registry.
+    api.publish(
+        "in",
+        &json!([
+            {"id": "bad1", "type": "poison", "key": "pk", "data": {"n": 1}},
+            {"id": "after1", "type": "step.a", "key": "pk", "data": {"n": 2}},
+        ]),
+    )
+    .await;
+    api.wait_for(
+        "/v1/dlq?handler=api&status=pending",
+        "poison dead-lettered",
+        |d| d["entries"].as_array().is_some_and(|e| e.len() == 1),
+    )
+    .await;
+    drop(host);
+    let host = spawn(&config, &log);
+    api.wait_up(&log).await;
+    let h = api.get("/v1/handlers").await;
+    let names: Vec<&str> = h["handlers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["api", "declared"]);
+    assert!(
+        h["handlers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["running"] == true),
+        "{h}"
+    );
+    let (status, _) = api
+        .upload("api", std::fs::read(v2_path).unwrap(), "?activate=true")
+        .await;
+    assert_eq!(status, 201);
+    let dlq = api.get("/v1/dlq?handler=api&status=pending").await;
+    let entry = dlq["entries"][0]["id"].as_i64().unwrap();
+    let (status, _) = api
+        .send(
+            api.client
+                .post(format!("{}/v1/dlq/{entry}/redrive", api.base)),
+        )
+        .await;
+    assert_eq!(status, 200);
+    api.wait_for(
+        "/v1/handlers/api/state/pk",
+        "the parked key released in order",
+        |s| s["state"]["a"] == json!([1, 2]),
+    )
+    .await;
+
+    // Delete: it stops; a later event is not processed; what it recorded
+    // stays, so a re-created handler resumes without running anything twice.
+    let (status, answer) = api.delete_handler("api", "").await;
+    assert_eq!(
+        (status, answer["deleted"].clone()),
+        (200, json!(true)),
+        "{answer}"
+    );
+    let (status, _) = api
+        .send(api.client.get(format!("{}/v1/handlers/api", api.base)))
+        .await;
+    assert_eq!(status, 404);
+    api.publish(
+        "in",
+        &json!({"id": "late", "type": "step.a", "key": "k0", "data": {"n": 99}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(api.get("/v1/events/late").await["processed_by"], json!([]));
+    let (status, _) = api
+        .put_handler("api", r#"{"topics": ["in"], "types": ["step.a"]}"#)
+        .await;
+    assert_eq!(status, 201);
+    let (status, answer) = api
+        .upload("api", std::fs::read(v1_path).unwrap(), "?activate=true")
+        .await;
+    assert_eq!(
+        (status, answer["version"].clone()),
+        (201, json!(1)),
+        "versions went with the delete"
+    );
+    let mut expected: Vec<u64> = vec![0];
+    expected.extend((1..=total).filter(|n| (n - 1) % per_batch % keys == 0));
+    expected.push(99);
+    api.wait_for(
+        "/v1/handlers/api/state/k0",
+        "resumed after the last event, nothing twice",
+        |s| s["state"]["a"] == json!(expected),
+    )
+    .await;
+
+    // A purge removes what it recorded too.
+    let (status, _) = api.delete_handler("api", "?purge=true").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        api.get("/v1/handlers/api/state/k0").await["state"],
+        json!({})
+    );
+    assert_eq!(api.get("/v1/dlq?handler=api").await["entries"], json!([]));
+
+    // The CLI: create and deploy in one command, list, remove.
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .args(["--url", &api.base, "--token", TOKEN])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let v1 = v1_path.to_str().unwrap();
+    let (code, _, err) = cli(&["deploy", "viacli", v1]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("give --topic"), "{err}");
+    let (code, out, err) = cli(&["deploy", "viacli", v1, "--topic", "in", "--type", "step.a"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("viacli version 1"), "{out}");
+    let h = api.get("/v1/handlers/viacli").await;
+    assert_eq!(
+        (h["config"]["topics"].clone(), h["config"]["types"].clone()),
+        (json!(["in"]), json!(["step.a"]))
+    );
+    // Changing the topics keeps the rest of the configuration.
+    let (code, _, err) = cli(&["deploy", "viacli", v1, "--topic", "in", "--topic", "more"]);
+    assert_eq!(code, Some(0), "{err}");
+    let h = api.get("/v1/handlers/viacli").await;
+    assert_eq!(
+        (h["config"]["topics"].clone(), h["config"]["types"].clone()),
+        (json!(["in", "more"]), json!(["step.a"]))
+    );
+    let (code, out, _) = cli(&["handlers"]);
+    assert_eq!(code, Some(0));
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("viacli"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("in,more") && row.contains(" yes "), "{row}");
+    let (code, out, err) = cli(&["remove", "viacli"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("viacli deleted"), "{out}");
+    let (code, _, err) = cli(&["remove", "declared"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("managed_by_config"), "{err}");
+    drop(host);
+}

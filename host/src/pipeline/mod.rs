@@ -442,9 +442,7 @@ impl Pipeline {
         component: Arc<LoadedComponent>,
         stats: Arc<HandlerStats>,
     ) -> Result<Running> {
-        let committer = lock(&self.parts.committer)
-            .clone()
-            .ok_or(Error::Stopping)?;
+        let committer = lock(&self.parts.committer).clone().ok_or(Error::Stopping)?;
         tracing::info!(
             handler = %config.name,
             digest = %component.digest(),

@@ -21,8 +21,8 @@ use sqlx::{QueryBuilder, Row};
 
 use super::{
     Appended, AttemptRecord, Batch, CommitReport, DlqAction, DlqEntry, DlqFilter, DlqStatus, Error,
-    HandlerRecord, LogRecord, ManagedBy, PendingAction, ProcessedRecord, Result, Store, StoreOptions,
-    Synchronous, TopicInfo, VersionInfo, now_ms,
+    HandlerRecord, LogRecord, ManagedBy, PendingAction, ProcessedRecord, Result, Store,
+    StoreOptions, Synchronous, TopicInfo, VersionInfo, now_ms,
 };
 use crate::event::{Event, partition_for_key};
 use crate::runtime::StateMap;
