@@ -948,19 +948,18 @@ async fn redrive_dlq(
             ),
         ));
     }
-    if let Some(version) = request.version {
-        if state
+    if let Some(version) = request.version
+        && state
             .store
             .component(&entry.handler, version)
             .await?
             .is_none()
-        {
-            return Err(store::Error::NotFound(format!(
-                "version {version} of handler {}",
-                entry.handler
-            ))
-            .into());
-        }
+    {
+        return Err(store::Error::NotFound(format!(
+            "version {version} of handler {}",
+            entry.handler
+        ))
+        .into());
     }
     let entry = state
         .store

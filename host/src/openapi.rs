@@ -38,7 +38,7 @@ pub fn document() -> Value {
                     "type": "object",
                     "required": ["error", "detail"],
                     "properties": {
-                        "error": {"type": "string", "description": "kind: bad_request, bad_json, unauthorized, not_found, conflict, store_unavailable"},
+                        "error": {"type": "string", "description": "kind: bad_request, bad_json, unauthorized, not_found, unknown_handler, invalid_component, wrong_world, unsupported_media_type, managed_by_config, handler_gone, conflict, store_unavailable"},
                         "detail": {"type": "string", "description": "what was wrong"}
                     }
                 },
@@ -70,6 +70,42 @@ pub fn document() -> Value {
                         "data_schema": {"type": ["string", "null"]},
                         "headers": {"type": "object", "additionalProperties": {"type": "string"}},
                         "data": {}, "data_base64": {"type": "string"}
+                    }
+                },
+                "HandlerConfig": {
+                    "type": "object",
+                    "required": ["topics"],
+                    "additionalProperties": false,
+                    "description": "A handler's configuration, as in sluice.toml (without component; name optional, must match the path)",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "topics": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                        "types": {"type": "array", "items": {"type": "string"}, "description": "event types; empty: all; a trailing * matches a prefix"},
+                        "retry": {"type": "object", "additionalProperties": false, "properties": {
+                            "max_attempts": {"type": "integer", "minimum": 1, "default": 5},
+                            "initial_backoff_ms": {"type": "integer", "default": 200},
+                            "max_backoff_ms": {"type": "integer", "default": 30000},
+                            "multiplier": {"type": "number", "minimum": 1, "default": 2.0}}},
+                        "limits": {"type": "object", "description": "per-invocation limits: timeout_ms, max_memory_bytes, max_emits, max_emit_bytes, max_state_value_bytes, max_state_bytes_per_key, max_log_lines, max_stdio_bytes"},
+                        "concurrency": {"type": "integer", "minimum": 1, "default": 16},
+                        "on_dead_letter": {"enum": ["continue", "park"], "default": "continue"},
+                        "start_from": {"enum": ["earliest", "latest"], "default": "earliest", "description": "where a topic without a stored position starts; pinned when the handler is created"}
+                    }
+                },
+                "Handler": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "config": {"$ref": "#/components/schemas/HandlerConfig"},
+                        "managed_by": {"enum": ["config", "api"]},
+                        "active_version": {"type": ["integer", "null"]},
+                        "versions": {"type": "array", "items": {"type": "object", "properties": {
+                            "version": {"type": "integer"}, "digest": {"type": "string"},
+                            "size": {"type": "integer"}, "uploaded_at": {"type": "integer"}}}},
+                        "created_at": {"type": "integer"}, "updated_at": {"type": "integer"},
+                        "running": {"type": "boolean"},
+                        "stats": {"type": ["object", "null"], "description": "processed, failed, duplicates, filtered, retries, dead_lettered, parked, in_flight"},
+                        "lag": {"type": "object", "additionalProperties": {"type": "integer"}}
                     }
                 },
                 "DlqEntry": {
@@ -124,12 +160,41 @@ pub fn document() -> Value {
                     }
                 }
             },
-            "/v1/handlers": {"get": {"summary": "Running handlers and their counters", "responses": {"200": ok_json("handlers", any_object.clone())}}},
-            "/v1/handlers/{name}": {"get": {
-                "summary": "A handler: configuration, versions with digests and upload times, active version, counters, lag",
+            "/v1/handlers": {"get": {"summary": "Every registered handler, as GET /v1/handlers/{name} shows one",
+                "responses": {"200": ok_json("handlers", json!({"type": "object", "properties": {
+                    "handlers": {"type": "array", "items": {"$ref": "#/components/schemas/Handler"}}}}))}}},
+            "/v1/handlers/{name}": {
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": {"200": ok_json("the handler", any_object.clone()), "404": error_response("unknown handler")}
-            }},
+                "get": {
+                    "summary": "A handler: configuration, versions with digests and upload times, active version, whether it runs, counters, lag",
+                    "responses": {"200": ok_json("the handler", json!({"$ref": "#/components/schemas/Handler"})), "404": error_response("unknown handler")}
+                },
+                "put": {
+                    "summary": "Create or reconfigure a handler (subscriptions, type filter, retry policy, limits, concurrency, DLQ mode). A running handler drains its in-flight events and restarts on the same version; a new one runs once a version is uploaded. Unset fields take their defaults.",
+                    "security": secured.clone(),
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HandlerConfig"}}}},
+                    "responses": {
+                        "201": ok_json("created", json!({"$ref": "#/components/schemas/Handler"})),
+                        "200": ok_json("reconfigured", json!({"$ref": "#/components/schemas/Handler"})),
+                        "400": error_response("bad JSON, unknown field, or an invalid value (the detail names it)"),
+                        "401": unauthorized.clone(),
+                        "409": error_response("managed_by_config: the handler is declared in the host's configuration file"),
+                        "503": unavailable.clone()
+                    }
+                },
+                "delete": {
+                    "summary": "Stop a handler (in-flight events finish) and delete it with its versions. Its positions, processed records, state and DLQ entries stay, so a handler created again under the name resumes; ?purge=true deletes them too.",
+                    "security": secured.clone(),
+                    "parameters": [{"name": "purge", "in": "query", "schema": {"type": "boolean", "default": false}}],
+                    "responses": {
+                        "200": ok_json("deleted", any_object.clone()),
+                        "400": error_response("bad query"),
+                        "401": unauthorized.clone(),
+                        "404": error_response("unknown handler"),
+                        "409": error_response("managed_by_config: the handler is declared in the host's configuration file")
+                    }
+                }
+            },
             "/v1/handlers/{name}/versions": {"post": {
                 "summary": "Upload a component version (validated and compiled before the answer); ?activate=true activates it",
                 "security": secured.clone(),
@@ -206,7 +271,7 @@ pub fn document() -> Value {
                 "security": secured.clone(),
                 "requestBody": {"content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
                     "properties": {"handler": {"type": "string"}, "topic": {"type": "string"}}}}}},
-                "responses": {"200": ok_json("ids of the entries redriven", any_object.clone()), "400": error_response("bad JSON"), "401": unauthorized.clone()}
+                "responses": {"200": ok_json("ids of the entries redriven, and of those skipped because their handler was deleted", any_object.clone()), "400": error_response("bad JSON"), "401": unauthorized.clone()}
             }},
             "/v1/dlq/{id}/redrive": {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
@@ -216,7 +281,8 @@ pub fn document() -> Value {
                         "properties": {"version": {"type": "integer"}}}}}},
                     "responses": {
                     "200": ok_json("the entry", json!({"$ref": "#/components/schemas/DlqEntry"})),
-                    "401": unauthorized, "404": error_response("no such entry"), "409": error_response("not pending")}}
+                    "401": unauthorized, "404": error_response("no such entry, or no such version"),
+                    "409": error_response("not pending, or its handler was deleted (handler_gone)")}}
             }
         }
     })

@@ -381,6 +381,8 @@ async fn the_openapi_document_describes_every_route() {
         ("get", "/v1/topics/{topic}/events"),
         ("get", "/v1/handlers"),
         ("get", "/v1/handlers/{name}"),
+        ("put", "/v1/handlers/{name}"),
+        ("delete", "/v1/handlers/{name}"),
         ("post", "/v1/handlers/{name}/versions"),
         ("post", "/v1/handlers/{name}/activate"),
         ("get", "/v1/handlers/{name}/state/{key}"),

@@ -30,7 +30,7 @@ struct Host {
 fn handler(name: &str, component: &str, topics: &[&str], types: &[&str]) -> HandlerConfig {
     HandlerConfig {
         name: name.into(),
-        component: guest(component),
+        component: Some(guest(component)),
         topics: topics.iter().map(|t| t.to_string()).collect(),
         types: types.iter().map(|t| t.to_string()).collect(),
         retry: RetryPolicy {
@@ -514,7 +514,9 @@ async fn hot_swap_under_load_then_roll_back() {
         })
     };
     tokio::time::sleep(Duration::from_millis(400)).await;
-    pipeline.activate("first", v2.clone()).unwrap();
+    let v2_bytes = std::fs::read(guest("chain-v2")).unwrap();
+    let (uploaded, _) = pipeline.upload("first", v2_bytes, true).await.unwrap();
+    assert_eq!(uploaded.version, 2);
     // The switch is visible to the next event that starts: a marker on a
     // key of its own runs on v2.
     let activated = std::time::Instant::now();
@@ -534,7 +536,7 @@ async fn hot_swap_under_load_then_roll_back() {
     eprintln!("activation -> first event on v2 committed: {seen_after:?}");
 
     tokio::time::sleep(Duration::from_millis(400)).await;
-    pipeline.activate("first", v1.clone()).unwrap(); // rollback
+    pipeline.activate_version("first", 1).await.unwrap(); // rollback
     publisher.await.unwrap();
     host.wait("everything", async |h| {
         h.stat("second").processed == count + 1
