@@ -93,8 +93,8 @@ concurrency = {a.concurrency}
     t0 = time.monotonic()
     cpu0 = os.times()
     while True:
-        h = get(base + "/v1/handlers")["handlers"]
-        if h["second"]["processed"] >= a.events:
+        h = get(base + "/v1/handlers/second")["stats"]
+        if h["processed"] >= a.events:
             break
         if time.monotonic() - t0 > 600:
             sys.exit(f"timeout: {h}")

@@ -228,8 +228,8 @@ types = ["step.b"]
     loop {
         let handlers = get_json(&client, &format!("{base}/v1/handlers")).await;
         let out = topic_events(&client, &base, "out").await;
-        let idle = handlers["handlers"]["first"]["in_flight"] == 0
-            && handlers["handlers"]["second"]["in_flight"] == 0;
+        let listed = handlers["handlers"].as_array().cloned().unwrap_or_default();
+        let idle = listed.len() == 2 && listed.iter().all(|h| h["stats"]["in_flight"] == 0);
         if out.len() as u64 >= EVENTS && idle {
             break;
         }

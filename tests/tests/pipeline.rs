@@ -534,6 +534,13 @@ async fn hot_swap_under_load_then_roll_back() {
     let marker = host.store.processed_records("marker-v2").await.unwrap();
     assert_eq!(marker[0].version, v2.digest());
     eprintln!("activation -> first event on v2 committed: {seen_after:?}");
+    // The acceptance bound, not a performance target (the bench
+    // measures that): far above what it takes, so it fails only if the
+    // switch does not reach the next event.
+    assert!(
+        seen_after < Duration::from_secs(1),
+        "the switch took {seen_after:?}"
+    );
 
     tokio::time::sleep(Duration::from_millis(400)).await;
     pipeline.activate_version("first", 1).await.unwrap(); // rollback
