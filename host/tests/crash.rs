@@ -343,7 +343,7 @@ types = ["step.b"]
     assert_eq!(json["active_version"], 1);
     let detail = cli(&["handlers", "second"]);
     assert!(
-        detail.starts_with("handler second: topics [\"mid\"]"),
+        detail.starts_with("handler second (running, managed by config): topics [\"mid\"]"),
         "{detail}"
     );
     assert!(
