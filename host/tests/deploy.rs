@@ -233,9 +233,9 @@ async fn upload_activate_roll_back_and_survive_a_restart() {
     );
     // Too large: refused while the body streams in, so the server may close
     // the connection before the client has sent it all; then the answer is
-    // lost, and a closed connection is the refusal.
-    let too_big = api
-        .client
+    // lost, and a closed connection is the refusal. A client of its own, so
+    // that the closed connection is not reused by the next request.
+    let too_big = reqwest::Client::new()
         .post(format!("{}/v1/handlers/first/versions", api.base))
         .bearer_auth(TOKEN)
         .header("content-type", "application/wasm")
