@@ -438,6 +438,22 @@ impl NewEvent {
             ),
             (None, None) => (Vec::new(), self.content_type),
         };
+        let texts = [
+            Some(&id),
+            Some(&self.ty),
+            self.key.as_ref(),
+            self.source.as_ref(),
+            self.time.as_ref(),
+            content_type.as_ref(),
+            self.data_schema.as_ref(),
+        ];
+        if texts.into_iter().flatten().any(|t| t.contains('\0'))
+            || self.headers.values().any(|v| v.contains('\0'))
+        {
+            return Err(at(
+                "attributes and header values must not contain NUL characters".into(),
+            ));
+        }
         let mut headers = BTreeMap::new();
         for (name, value) in self.headers {
             let name = name.to_ascii_lowercase();

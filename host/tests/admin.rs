@@ -178,6 +178,11 @@ async fn bad_requests_get_clear_json_errors_and_write_nothing() {
             r#"{"type": "t", "headers": {"bad name": "x"}}"#,
             "header name",
         ),
+        (
+            "/v1/topics/orders/events",
+            r#"{"type": "t", "key": "a\u0000b"}"#,
+            "NUL",
+        ),
         ("/v1/topics/orders/events", "[]", "no events"),
         // One bad event rejects the whole request: nothing half-written.
         (

@@ -371,9 +371,22 @@ async fn outbox_flood_hits_the_emit_limits() {
 
     let r = run(&h, &c, hostile("bad-emit"), &RunOptions::default()).await;
     match &r.outcome {
-        Outcome::Fatal { message } => assert!(message.contains("topic is empty"), "{message}"),
+        Outcome::Fatal { message } => assert!(message.contains("is not valid"), "{message}"),
         other => panic!("expected fatal, got {other:?}"),
     }
+    // NUL characters cannot be stored (PostgreSQL text): refused at the
+    // call, with a message that says so.
+    let r = run(&h, &c, hostile("nul-emit"), &RunOptions::default()).await;
+    match &r.outcome {
+        Outcome::Fatal { message } => assert!(message.contains("NUL"), "{message}"),
+        other => panic!("expected fatal, got {other:?}"),
+    }
+    let r = run(&h, &c, hostile("nul-state"), &RunOptions::default()).await;
+    assert!(
+        format!("{:?}", r.outcome).contains("NUL") && r.state_writes.is_empty(),
+        "{:?}",
+        r.outcome
+    );
 }
 
 #[tokio::test]

@@ -154,11 +154,27 @@ impl outbox::Host for GuestState {
 impl CallState {
     fn emit(&mut self, ev: outbox::OutgoingEvent) -> Result<String, outbox::EmitError> {
         use outbox::EmitError::Invalid;
-        if ev.topic.trim().is_empty() {
-            return Err(Invalid("topic is empty".into()));
+        if !crate::config::valid_topic_name(&ev.topic) {
+            return Err(Invalid(format!(
+                "topic {:?} is not valid: 1 to 200 letters, digits, '.', '_' or '-'",
+                ev.topic
+            )));
         }
         if ev.type_.trim().is_empty() {
             return Err(Invalid("type is empty".into()));
+        }
+        // Databases (PostgreSQL text) and brokers refuse NUL in strings; a
+        // stored event must never be one the store cannot write.
+        let texts = [
+            Some(&ev.type_),
+            ev.key.as_ref(),
+            ev.content_type.as_ref(),
+            ev.data_schema.as_ref(),
+        ];
+        if texts.into_iter().flatten().any(|t| t.contains('\0'))
+            || ev.headers.iter().any(|h| h.value.contains('\0'))
+        {
+            return Err(Invalid("type, key, content type, data schema and header values must not contain NUL characters".into()));
         }
         let mut headers = self.inherited.clone();
         for WitHeader { name, value } in ev.headers {
@@ -241,6 +257,18 @@ impl CallState {
     }
 }
 
+/// A state field name the store can hold. A NUL cannot be stored (the WIT
+/// error type has no case for it), so it stops the invocation with a clear
+/// message; the event is retried and then dead-lettered with it.
+fn check_state_name(name: &str) -> wasmtime::Result<()> {
+    if name.contains('\0') {
+        return Err(wasmtime::Error::msg(format!(
+            "state field name {name:?} contains a NUL character"
+        )));
+    }
+    Ok(())
+}
+
 impl state::Host for GuestState {
     fn get(
         &mut self,
@@ -258,6 +286,7 @@ impl state::Host for GuestState {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), state::StateError>> {
         let call = &mut self.call;
+        check_state_name(&name)?;
         if !call.has_key() {
             return Ok(Err(state::StateError::NoKey));
         }
@@ -289,6 +318,7 @@ impl state::Host for GuestState {
 
     fn delete(&mut self, name: String) -> wasmtime::Result<Result<(), state::StateError>> {
         let call = &mut self.call;
+        check_state_name(&name)?;
         if !call.has_key() {
             return Ok(Err(state::StateError::NoKey));
         }

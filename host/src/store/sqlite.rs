@@ -22,7 +22,7 @@ use sqlx::{QueryBuilder, Row};
 use super::{
     Appended, AttemptRecord, Batch, CommitReport, DlqAction, DlqEntry, DlqFilter, DlqStatus, Error,
     HandlerRecord, LogRecord, ManagedBy, PendingAction, ProcessedRecord, Result, Store,
-    StoreOptions, Synchronous, TopicInfo, VersionInfo, now_ms,
+    StoreOptions, Synchronous, TopicInfo, VersionInfo, from_json, now_ms, to_json,
 };
 use crate::event::{Event, partition_for_key};
 use crate::runtime::StateMap;
@@ -119,14 +119,6 @@ fn decode_record(row: &SqliteRow) -> Result<LogRecord> {
             topic: row.try_get("topic")?,
         },
     })
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::Corrupt(e.to_string()))
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
 }
 
 async fn ensure_topic_in(conn: &mut SqliteConnection, topic: &str, partitions: u32) -> Result<u32> {
@@ -500,7 +492,10 @@ impl Store for SqliteStore {
                 fresh.insert((row.try_get(0)?, row.try_get(1)?));
             }
         }
-        let mut upserts: Vec<(&str, &str, &str, &[u8])> = Vec::new();
+        // The last change of each state field wins: two events of one key
+        // can meet in a batch (a redrive beside the key's next event), and
+        // a write followed by a delete must end deleted.
+        let mut changes: BTreeMap<(&str, &str, &str), Option<&[u8]>> = BTreeMap::new();
         let mut outbox: Vec<(&str, &Event)> = Vec::new();
         for p in &batch.processed {
             // `remove`: should one id appear twice, only the first applies.
@@ -512,19 +507,7 @@ impl Store for SqliteStore {
             }
             if let Some(key) = &p.key {
                 for (name, value) in &p.state_changes {
-                    match value {
-                        Some(value) => upserts.push((&p.handler, key, name, value)),
-                        None => {
-                            sqlx::query(
-                                "DELETE FROM state WHERE handler = ? AND key = ? AND name = ?",
-                            )
-                            .bind(&p.handler)
-                            .bind(key)
-                            .bind(name)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                    }
+                    changes.insert((&p.handler, key, name), value.as_deref());
                 }
             }
             outbox.extend(p.emitted.iter().map(|e| (p.handler.as_str(), e)));
@@ -534,6 +517,20 @@ impl Store for SqliteStore {
                     .bind(&p.event_id)
                     .execute(&mut *tx)
                     .await?;
+            }
+        }
+        let mut upserts: Vec<(&str, &str, &str, &[u8])> = Vec::new();
+        for ((handler, key, name), value) in changes {
+            match value {
+                Some(value) => upserts.push((handler, key, name, value)),
+                None => {
+                    sqlx::query("DELETE FROM state WHERE handler = ? AND key = ? AND name = ?")
+                        .bind(handler)
+                        .bind(key)
+                        .bind(name)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
         }
         for chunk in upserts.chunks(ROW_CHUNK) {
@@ -1088,267 +1085,5 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(decode_record).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::{DeadLetter, Processed};
-
-    async fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("db/sluice.db").display());
-        let store = SqliteStore::open(&url, &StoreOptions::default())
-            .await
-            .unwrap();
-        (dir, store)
-    }
-
-    fn event(id: &str, topic: &str, key: Option<&str>) -> Event {
-        Event {
-            id: id.into(),
-            source: "/test".into(),
-            ty: "t".into(),
-            time: None,
-            content_type: Some("application/json".into()),
-            data_schema: None,
-            data: b"{}".to_vec(),
-            headers: BTreeMap::from([("x".to_string(), "y".to_string())]),
-            key: key.map(Into::into),
-            topic: topic.into(),
-        }
-    }
-
-    #[tokio::test]
-    async fn append_assigns_partitions_offsets_and_sequence() {
-        let (_d, s) = store().await;
-        assert_eq!(s.ensure_topic("orders", 4).await.unwrap(), 4);
-        // An existing topic keeps its partition count.
-        assert_eq!(s.ensure_topic("orders", 9).await.unwrap(), 4);
-        let a = s
-            .append(
-                &[
-                    event("1", "orders", Some("k")),
-                    event("2", "orders", Some("k")),
-                    event("3", "other", None),
-                ],
-                2,
-            )
-            .await
-            .unwrap();
-        assert_eq!(a[0].partition, a[1].partition);
-        assert_eq!((a[0].offset, a[1].offset), (0, 1));
-        assert!(a[0].seq < a[1].seq && a[1].seq < a[2].seq);
-        let more = s
-            .append(&[event("4", "orders", Some("k"))], 2)
-            .await
-            .unwrap();
-        assert_eq!(more[0].offset, 2);
-        let log = s.read_log("orders", 0, 10).await.unwrap();
-        assert_eq!(log.len(), 3);
-        assert_eq!(log[0].event, event("1", "orders", Some("k")));
-        assert_eq!(s.read_log("orders", log[1].seq, 10).await.unwrap().len(), 1);
-        let topics = s.topics().await.unwrap();
-        assert_eq!(topics.len(), 2);
-        assert_eq!(
-            (topics[1].name.as_str(), topics[1].partitions),
-            ("other", 2)
-        );
-    }
-
-    #[tokio::test]
-    async fn commit_is_atomic_and_idempotent() {
-        let (_d, s) = store().await;
-        let a = s.append(&[event("e1", "in", Some("k"))], 1).await.unwrap();
-        let processed = Processed {
-            handler: "h".into(),
-            version: "v1".into(),
-            topic: "in".into(),
-            seq: a[0].seq,
-            event_id: "e1".into(),
-            attempts: 1,
-            key: Some("k".into()),
-            state_changes: BTreeMap::from([("n".to_string(), Some(b"1".to_vec()))]),
-            emitted: vec![event("out-1", "out", Some("k"))],
-        };
-        let batch = Batch {
-            processed: vec![processed.clone()],
-            positions: vec![("h".into(), "in".into(), a[0].seq)],
-            ..Default::default()
-        };
-        let r = s.commit(&batch).await.unwrap();
-        assert!(r.duplicates.is_empty());
-        assert_eq!(r.outbox_rows, 1);
-        assert_eq!(s.position("h", "in").await.unwrap(), Some(a[0].seq));
-        assert_eq!(s.load_state("h", "k").await.unwrap()["n"], b"1");
-        assert_eq!(
-            s.processed_ids("h", &["e1".into(), "e2".into()])
-                .await
-                .unwrap(),
-            HashSet::from(["e1".to_string()])
-        );
-        // The same outcome again: detected, nothing applied twice.
-        let r = s.commit(&batch).await.unwrap();
-        assert!(r.duplicates.contains(&("h".to_string(), "e1".to_string())));
-        assert_eq!(r.outbox_rows, 0);
-        assert_eq!(s.outbox_backlog().await.unwrap(), 1);
-        // Positions never move backwards.
-        s.commit(&Batch {
-            positions: vec![("h".into(), "in".into(), 0)],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        assert_eq!(s.position("h", "in").await.unwrap(), Some(a[0].seq));
-
-        // The relay moves the outbox row into the log, once.
-        let relayed = s.relay_outbox(100, 3).await.unwrap();
-        assert_eq!(relayed.len(), 1);
-        assert_eq!(relayed[0].topic, "out");
-        assert!(s.relay_outbox(100, 3).await.unwrap().is_empty());
-        assert_eq!(s.outbox_backlog().await.unwrap(), 0);
-        let out = s.read_log("out", 0, 10).await.unwrap();
-        assert_eq!(out[0].event.id, "out-1");
-    }
-
-    #[tokio::test]
-    async fn handler_registry_versions_and_activation() {
-        let (_d, s) = store().await;
-        assert!(matches!(
-            s.add_version("h", "d1", b"x").await,
-            Err(Error::NotFound(_))
-        ));
-        let cfg = serde_json::json!({"topics": ["orders"]});
-        let h = s.put_handler("h", &cfg, ManagedBy::Api).await.unwrap();
-        assert_eq!((h.config.clone(), h.active_version), (cfg.clone(), None));
-        assert_eq!(h.managed_by, ManagedBy::Api);
-        let (v1, new) = s.add_version("h", "d1", b"one").await.unwrap();
-        assert!(new && v1.version == 1 && v1.size == 3);
-        let (v2, _) = s.add_version("h", "d2", b"two!").await.unwrap();
-        assert_eq!(v2.version, 2);
-        // Identical bytes: the existing version.
-        let (again, new) = s.add_version("h", "d1", b"one").await.unwrap();
-        assert!(!new);
-        assert_eq!(again, v1);
-        assert_eq!(s.component("h", 2).await.unwrap().unwrap(), b"two!");
-        assert!(s.component("h", 3).await.unwrap().is_none());
-        let h = s.activate("h", 2).await.unwrap();
-        assert_eq!(h.active_version, Some(2));
-        assert_eq!(h.versions.len(), 2);
-        assert!(matches!(s.activate("h", 9).await, Err(Error::NotFound(_))));
-        // Updating the config keeps versions and the active one.
-        let h = s
-            .put_handler(
-                "h",
-                &serde_json::json!({"topics": ["other"]}),
-                ManagedBy::Config,
-            )
-            .await
-            .unwrap();
-        assert_eq!((h.active_version, h.versions.len()), (Some(2), 2));
-        assert_eq!(h.managed_by, ManagedBy::Config);
-        assert_eq!(s.handlers().await.unwrap().len(), 1);
-        // What the handler recorded while consuming outlives a plain delete
-        // (a re-created handler resumes) and goes with a purge.
-        let consumed = Batch {
-            positions: vec![("h".into(), "orders".into(), 7)],
-            ..Default::default()
-        };
-        s.commit(&consumed).await.unwrap();
-        assert!(s.delete_handler("h", false).await.unwrap());
-        assert!(!s.delete_handler("h", false).await.unwrap());
-        assert!(s.handler("h").await.unwrap().is_none());
-        assert!(s.component("h", 2).await.unwrap().is_none());
-        assert_eq!(s.position("h", "orders").await.unwrap(), Some(7));
-        s.put_handler("h", &cfg, ManagedBy::Api).await.unwrap();
-        assert!(s.delete_handler("h", true).await.unwrap());
-        assert_eq!(s.position("h", "orders").await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn dead_letters_park_and_redrive() {
-        let (_d, s) = store().await;
-        let a = s.append(&[event("e1", "in", Some("k"))], 1).await.unwrap();
-        let record = s.read_seqs(&[a[0].seq]).await.unwrap().remove(0);
-        let at = now_ms();
-        let attempt = |n| AttemptRecord {
-            attempt: n,
-            outcome: "retryable".into(),
-            error: format!("boom {n}"),
-            version: "v1".into(),
-            at,
-        };
-        s.commit(&Batch {
-            failures: vec![("h".into(), "e1".into(), attempt(1))],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        assert_eq!(s.attempts("h", "e1").await.unwrap(), vec![attempt(1)]);
-        assert_eq!(
-            s.pending_attempts("h").await.unwrap(),
-            HashMap::from([("e1".to_string(), vec![attempt(1)])])
-        );
-        let r = s
-            .commit(&Batch {
-                dead_letters: vec![DeadLetter {
-                    handler: "h".into(),
-                    version: "v1".into(),
-                    record: record.clone(),
-                    attempts: vec![attempt(1), attempt(2)],
-                    park: true,
-                }],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let id = r.dlq_ids[0];
-        assert!(s.attempts("h", "e1").await.unwrap().is_empty());
-        assert_eq!(
-            s.parked_keys("h").await.unwrap(),
-            HashMap::from([("k".to_string(), id)])
-        );
-        assert!(s.pending_attempts("h").await.unwrap().is_empty());
-        let entry = s.dlq_get(id).await.unwrap().unwrap();
-        assert_eq!(entry.record, record);
-        assert_eq!(entry.attempts.len(), 2);
-        assert_eq!(entry.error, "retryable: boom 2");
-        assert_eq!(
-            s.dlq_list(&DlqFilter {
-                handler: Some("h".into()),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .len(),
-            1
-        );
-        // Redrive: the processed record goes, the action is queued.
-        assert!(
-            s.processed_ids("h", &["e1".into()])
-                .await
-                .unwrap()
-                .contains("e1")
-        );
-        let entry = s.dlq_act(id, DlqAction::Redrive).await.unwrap();
-        assert_eq!(entry.status, DlqStatus::Redriven);
-        assert!(
-            s.processed_ids("h", &["e1".into()])
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        let actions = s.pending_actions("h").await.unwrap();
-        assert_eq!(actions.len(), 1);
-        assert_eq!(actions[0].action, DlqAction::Redrive);
-        assert!(matches!(
-            s.dlq_act(id, DlqAction::Discard).await,
-            Err(Error::Conflict(_))
-        ));
-        assert!(matches!(
-            s.dlq_act(999, DlqAction::Discard).await,
-            Err(Error::NotFound(_))
-        ));
     }
 }
