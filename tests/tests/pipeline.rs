@@ -1,7 +1,9 @@
-//! The embedded pipeline in-process, on a real SQLite file, with real
-//! compiled components: a two-handler chain, fan-out, type filters,
-//! idempotency, per-key order under retries, the DLQ with redrive and
-//! discard, parking, and restart.
+//! The embedded pipeline in-process, with real compiled components: a
+//! two-handler chain, fan-out, type filters, idempotency, per-key order
+//! under retries, the DLQ with redrive and discard, parking, restart and hot
+//! swap. Every test runs twice: on a real SQLite file (`sqlite::<name>`) and
+//! on a fresh PostgreSQL database (`postgres::<name>`; skipped with a printed
+//! reason when no server is reachable, unless `SLUICE_REQUIRE_SERVERS=1`).
 
 // Test helpers panic on purpose: a failed setup is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,8 +20,51 @@ use sluice::runtime::{Runtime, RuntimeConfig};
 use sluice::store::{self, DlqAction, DlqFilter, DlqStatus, Store, StoreOptions};
 use sluice_tests::guest;
 
+/// The store a test host runs on.
+enum Backend {
+    /// A SQLite file in a temporary directory.
+    Sqlite,
+    /// A fresh PostgreSQL database at this URL.
+    Postgres(String),
+}
+
+/// Expands each test function (taking a [`Backend`]) into one test per store.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(url) = sluice::store::postgres_test_database().await else {
+                        return;
+                    };
+                    super::$name(super::Backend::Postgres(url)).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores! {
+    chain_fan_out_ordering_and_idempotency,
+    poison_events_are_dead_lettered_and_the_stream_goes_on,
+    exhausted_retries_go_to_the_dlq_with_every_attempt,
+    park_mode_holds_a_key_until_the_entry_is_discarded,
+    a_restart_resumes_where_it_stopped,
+    filtered_events_move_the_position_without_filling_the_window,
+    hot_swap_under_load_then_roll_back,
+}
+
 struct Host {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     config: Config,
     store: Arc<dyn Store>,
     signals: Signals,
@@ -47,14 +92,27 @@ fn handler(name: &str, component: &str, topics: &[&str], types: &[&str]) -> Hand
 }
 
 impl Host {
-    async fn start(handlers: Vec<HandlerConfig>) -> Host {
-        Self::start_with(handlers, |_| {}).await
+    async fn start(backend: Backend, handlers: Vec<HandlerConfig>) -> Host {
+        Self::start_with(backend, handlers, |_| {}).await
     }
 
-    async fn start_with(handlers: Vec<HandlerConfig>, tune: impl FnOnce(&mut Config)) -> Host {
-        let dir = tempfile::tempdir().unwrap();
+    async fn start_with(
+        backend: Backend,
+        handlers: Vec<HandlerConfig>,
+        tune: impl FnOnce(&mut Config),
+    ) -> Host {
         let mut config = Config::default();
-        config.store.url = format!("sqlite://{}", dir.path().join("sluice.db").display());
+        let dir = match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                config.store.url = format!("sqlite://{}", dir.path().join("sluice.db").display());
+                Some(dir)
+            }
+            Backend::Postgres(url) => {
+                config.store.url = url;
+                None
+            }
+        };
         config.handlers = handlers;
         config.pipeline.poll_interval_ms = 100;
         tune(&mut config);
@@ -185,14 +243,16 @@ fn expected_lists(keys: usize, count: u64) -> BTreeMap<String, Vec<u64>> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chain_fan_out_ordering_and_idempotency() {
-    let host = Host::start(vec![
-        handler("first", "chain", &["in"], &["step.a", "fail.once"]),
-        handler("second", "chain", &["mid"], &["step.b"]),
-        // Fan-out: a second subscriber of `in` sees every event too.
-        handler("audit", "notifier", &["in"], &[]),
-    ])
+async fn chain_fan_out_ordering_and_idempotency(backend: Backend) {
+    let host = Host::start(
+        backend,
+        vec![
+            handler("first", "chain", &["in"], &["step.a", "fail.once"]),
+            handler("second", "chain", &["mid"], &["step.b"]),
+            // Fan-out: a second subscriber of `in` sees every event too.
+            handler("audit", "notifier", &["in"], &[]),
+        ],
+    )
     .await;
     let (keys, count) = (10, 300);
     let events = workload("e", keys, count);
@@ -251,22 +311,19 @@ async fn chain_fan_out_ordering_and_idempotency() {
         assert_eq!(per_key, expected, "{topic} keeps per-key order");
     }
     let out = host.all_events("out").await;
-    assert_eq!(
-        out[0].headers["correlationid"],
-        out[0].headers["correlationid"]
-    );
     assert!(out.iter().all(|e| e.source == "sluice://handler/second"));
-    // Causation points at the `mid` event, correlation at the input.
-    let mid_ids: std::collections::HashSet<_> = host
+    // Causation points at the `mid` event, correlation at the input (the
+    // `mid` event's cause).
+    let mid_causes: BTreeMap<String, String> = host
         .all_events("mid")
         .await
         .into_iter()
-        .map(|e| e.id)
+        .map(|e| (e.id.clone(), e.headers["causationid"].clone()))
         .collect();
-    assert!(
-        out.iter()
-            .all(|e| mid_ids.contains(&e.headers["causationid"]))
-    );
+    for e in &out {
+        let input = &mid_causes[&e.headers["causationid"]];
+        assert_eq!(&e.headers["correlationid"], input, "{}", e.id);
+    }
     assert!(
         out.iter()
             .all(|e| e.headers["correlationid"].starts_with("e-"))
@@ -287,9 +344,8 @@ async fn chain_fan_out_ordering_and_idempotency() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_events_are_dead_lettered_and_the_stream_goes_on() {
-    let host = Host::start(vec![handler("first", "chain", &["in"], &[])]).await;
+async fn poison_events_are_dead_lettered_and_the_stream_goes_on(backend: Backend) {
+    let host = Host::start(backend, vec![handler("first", "chain", &["in"], &[])]).await;
     host.publish(&[
         step("a0", "step.a", "k", 0),
         step("p1", "poison", "k", 1),
@@ -335,9 +391,8 @@ async fn poison_events_are_dead_lettered_and_the_stream_goes_on() {
     assert_eq!(host.state_list("first", "k", "a").await, vec![0, 2]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exhausted_retries_go_to_the_dlq_with_every_attempt() {
-    let host = Host::start(vec![handler("payments", "payments", &["in"], &[])]).await;
+async fn exhausted_retries_go_to_the_dlq_with_every_attempt(backend: Backend) {
+    let host = Host::start(backend, vec![handler("payments", "payments", &["in"], &[])]).await;
     let mut e = step("pay-1", "payment.requested", "o1", 0);
     e.data =
         serde_json::to_vec(&json!({"order_id": "o1", "amount_cents": 5, "card": "down"})).unwrap();
@@ -364,11 +419,10 @@ async fn exhausted_retries_go_to_the_dlq_with_every_attempt() {
     assert_eq!(host.stat("payments").retries, 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn park_mode_holds_a_key_until_the_entry_is_discarded() {
+async fn park_mode_holds_a_key_until_the_entry_is_discarded(backend: Backend) {
     let mut first = handler("first", "chain", &["in"], &[]);
     first.on_dead_letter = DeadLetterMode::Park;
-    let mut host = Host::start(vec![first]).await;
+    let mut host = Host::start(backend, vec![first]).await;
     host.publish(&[
         step("a0", "step.a", "k1", 0),
         step("p1", "poison", "k1", 1),
@@ -413,12 +467,14 @@ async fn park_mode_holds_a_key_until_the_entry_is_discarded() {
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_resumes_where_it_stopped() {
-    let mut host = Host::start(vec![
-        handler("first", "chain", &["in"], &["step.a", "fail.once"]),
-        handler("second", "chain", &["mid"], &["step.b"]),
-    ])
+async fn a_restart_resumes_where_it_stopped(backend: Backend) {
+    let mut host = Host::start(
+        backend,
+        vec![
+            handler("first", "chain", &["in"], &["step.a", "fail.once"]),
+            handler("second", "chain", &["mid"], &["step.b"]),
+        ],
+    )
     .await;
     let events = workload("r", 4, 200);
     host.publish(&events[..100]).await;
@@ -444,9 +500,9 @@ async fn a_restart_resumes_where_it_stopped() {
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn filtered_events_move_the_position_without_filling_the_window() {
+async fn filtered_events_move_the_position_without_filling_the_window(backend: Backend) {
     let host = Host::start_with(
+        backend,
         vec![handler("picky", "chain", &["in"], &["never.sent"])],
         |c| {
             c.pipeline.max_in_flight = 16;
@@ -474,13 +530,15 @@ async fn filtered_events_move_the_position_without_filling_the_window() {
     assert_eq!((s.filtered, s.processed, s.in_flight), (100, 0, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hot_swap_under_load_then_roll_back() {
+async fn hot_swap_under_load_then_roll_back(backend: Backend) {
     let host = Arc::new(
-        Host::start(vec![
-            handler("first", "chain", &["in"], &["step.a"]),
-            handler("second", "chain", &["mid"], &["step.b"]),
-        ])
+        Host::start(
+            backend,
+            vec![
+                handler("first", "chain", &["in"], &["step.a"]),
+                handler("second", "chain", &["mid"], &["step.b"]),
+            ],
+        )
         .await,
     );
     let v1 = host.runtime.load_file(&guest("chain")).unwrap();
