@@ -78,12 +78,15 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Database URL: `sqlite://PATH` (created if missing).
+    /// Database URL: `sqlite://PATH` (created if missing) or
+    /// `postgres://USER@HOST:PORT/DATABASE` (the database must exist; the
+    /// schema is migrated at start-up).
     pub url: String,
     /// SQLite durability: `full` (default) fsyncs every commit, so a
     /// committed event survives a power loss; `normal` fsyncs only at WAL
     /// checkpoints: faster, safe against a crash of the process, but a power
-    /// loss can lose the last commits.
+    /// loss can lose the last commits. PostgreSQL ignores it (its own
+    /// `synchronous_commit` setting applies).
     pub synchronous: Synchronous,
     /// Size of the connection pool.
     pub max_connections: u32,
