@@ -61,6 +61,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Config {
     /// Where durable state lives.
     pub store: StoreConfig,
+    /// Where events are consumed from and published to.
+    pub broker: BrokerConfig,
     /// The admin HTTP server.
     pub admin: AdminConfig,
     /// The WebAssembly runtime shared by all handlers.
@@ -98,6 +100,48 @@ impl Default for StoreConfig {
             url: "sqlite://.sluice/sluice.db".into(),
             synchronous: Synchronous::Full,
             max_connections: 4,
+        }
+    }
+}
+
+/// Which broker carries the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// The log inside the store: nothing else to run.
+    #[default]
+    Embedded,
+    /// Apache Kafka, or a Kafka-compatible broker such as Redpanda.
+    Kafka,
+}
+
+/// `[broker]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `embedded` (default) or `kafka`.
+    pub kind: BrokerKind,
+    /// Bootstrap servers of the Kafka cluster, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Prefix of consumer group names: a handler consumes in the group
+    /// `{group_prefix}.{handler}`, shared by every host instance.
+    pub group_prefix: String,
+    /// Topic that dead-letter entries are also produced to (with the error
+    /// in headers).
+    pub dead_letter_topic: String,
+    /// Extra librdkafka properties for producers and consumers
+    /// (`security.protocol`, `sasl.*`, ...).
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            kind: BrokerKind::Embedded,
+            brokers: "127.0.0.1:9092".into(),
+            group_prefix: "sluice".into(),
+            dead_letter_topic: "sluice.dlq".into(),
+            properties: Default::default(),
         }
     }
 }

@@ -1,8 +1,8 @@
 //! # Sluice host
 //!
 //! Sluice runs event handlers as sandboxed WebAssembly components. This crate
-//! is the host: it owns the component runtime and (in later layers) broker
-//! consumption, idempotency, ordering, retries and the dead-letter queue.
+//! is the host: it owns the component runtime, broker consumption,
+//! idempotency, ordering, retries and the dead-letter queue.
 //!
 //! * [`runtime`]: the wasmtime component runtime. It loads and validates
 //!   components against the `sluice:handler` WIT world, caches compiled code
@@ -14,6 +14,13 @@
 //!   correlation and trace propagation.
 //! * [`harness`]: the local test harness behind `sluice test`, usable from
 //!   `#[test]` functions in any crate.
+//! * [`store`]: durable state behind one trait, on SQLite or PostgreSQL:
+//!   the embedded log, positions, idempotency records, state, the outbox,
+//!   the DLQ and the handler registry.
+//! * [`pipeline`]: dispatchers, the group committer and the outbox relay;
+//!   [`admin`]: the HTTP API; [`config`]: `sluice.toml`.
+//! * [`broker`]: Kafka through rdkafka, with events in the CloudEvents
+//!   Kafka binding.
 //!
 //! ```no_run
 //! use sluice::harness::{Harness, TestEvent};
@@ -34,6 +41,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod broker;
 pub mod config;
 pub mod event;
 pub mod harness;
@@ -41,3 +49,4 @@ pub mod openapi;
 pub mod pipeline;
 pub mod runtime;
 pub mod store;
+pub mod test_servers;

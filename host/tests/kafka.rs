@@ -1,0 +1,173 @@
+//! The Kafka publisher and the CloudEvents binding against a real
+//! Kafka-protocol broker (tansu in CI): what we publish comes back equal,
+//! in per-key order, and a record from a producer that knows nothing of
+//! CloudEvents is still consumed. Skips without a broker unless
+//! `SLUICE_REQUIRE_SERVERS=1`.
+
+// Test helpers panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sluice::broker::cloudevents::{self, Position, Record};
+use sluice::broker::kafka::{KafkaPublisher, client_config};
+use sluice::config::BrokerConfig;
+use sluice::event::Event;
+
+fn event(i: usize) -> Event {
+    Event {
+        id: format!("k-{i}"),
+        source: "/test".into(),
+        ty: "order.placed".into(),
+        time: Some("2026-11-29T10:00:00.000Z".into()),
+        content_type: Some("application/json".into()),
+        data_schema: None,
+        data: format!(r#"{{"n":{i}}}"#).into_bytes(),
+        headers: BTreeMap::from([("correlationid".to_string(), format!("c{i}"))]),
+        key: Some(format!("key{}", i % 5)),
+        topic: String::new(),
+    }
+}
+
+async fn create_topic(config: &BrokerConfig, topic: &str, partitions: i32) {
+    let admin: AdminClient<_> = client_config(config).create().unwrap();
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    for r in results {
+        r.unwrap();
+    }
+}
+
+/// Reads `count` records of `topic` from the beginning.
+async fn consume(config: &BrokerConfig, topic: &str, count: usize) -> Vec<(Record, Position)> {
+    let consumer: StreamConsumer = client_config(config)
+        .set("group.id", format!("test-{}", uuid::Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < count {
+        assert!(Instant::now() < deadline, "read {} of {count}", out.len());
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else {
+            continue;
+        };
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((
+            Record {
+                topic: m.topic().to_owned(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            },
+            Position {
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
+            },
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_events_come_back_equal_and_in_key_order() {
+    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+        return;
+    };
+    let config = BrokerConfig {
+        brokers,
+        ..BrokerConfig::default()
+    };
+    let topic = format!("sluice-test-{}", uuid::Uuid::now_v7());
+    create_topic(&config, &topic, 3).await;
+    let events: Vec<Event> = (0..50)
+        .map(|i| Event {
+            topic: topic.clone(),
+            ..event(i)
+        })
+        .collect();
+    let publisher = KafkaPublisher::new(&config).unwrap();
+    publisher.publish(&events[..25]).await.unwrap();
+    publisher.publish(&events[25..]).await.unwrap();
+
+    let read = consume(&config, &topic, 50).await;
+    let mut partition_of_key: BTreeMap<String, i32> = BTreeMap::new();
+    let mut per_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut by_id: BTreeMap<String, Event> = BTreeMap::new();
+    for (record, at) in read {
+        let decoded = cloudevents::decode(record, at);
+        let key = decoded.key.clone().unwrap();
+        // One key, one partition.
+        assert_eq!(
+            *partition_of_key.entry(key.clone()).or_insert(at.partition),
+            at.partition
+        );
+        per_key.entry(key).or_default().push(decoded.id.clone());
+        by_id.insert(decoded.id.clone(), decoded);
+    }
+    for e in &events {
+        assert_eq!(by_id.get(&e.id), Some(e), "{} comes back equal", e.id);
+    }
+    for (key, ids) in per_key {
+        let sent: Vec<String> = events
+            .iter()
+            .filter(|e| e.key.as_deref() == Some(key.as_str()))
+            .map(|e| e.id.clone())
+            .collect();
+        assert_eq!(ids, sent, "{key} keeps its order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_without_cloudevents_headers_is_consumed_with_fallbacks() {
+    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+        return;
+    };
+    let config = BrokerConfig {
+        brokers,
+        ..BrokerConfig::default()
+    };
+    let topic = format!("sluice-test-{}", uuid::Uuid::now_v7());
+    create_topic(&config, &topic, 1).await;
+    let producer: FutureProducer = client_config(&config).create().unwrap();
+    producer
+        .send(
+            FutureRecord::to(&topic).payload("plain text").key("k1"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let (record, at) = consume(&config, &topic, 1).await.remove(0);
+    let e = cloudevents::decode(record, at);
+    assert_eq!(e.id, format!("kafka:{topic}:0:{}", at.offset));
+    assert_eq!(
+        (e.ty.as_str(), e.key.as_deref()),
+        ("kafka.record", Some("k1"))
+    );
+    assert_eq!(e.data, b"plain text");
+    assert!(
+        e.time.is_some(),
+        "the record timestamp stands in for ce_time"
+    );
+}
