@@ -16,6 +16,7 @@
 #[cfg(test)]
 mod conformance;
 pub mod postgres;
+mod shared;
 pub mod sqlite;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -9,22 +9,27 @@
 //! lock up front, so that concurrent writers queue on the busy timeout
 //! instead of failing when a read transaction tries to upgrade.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row};
 
-use super::{
-    Appended, AttemptRecord, Batch, CommitReport, DlqAction, DlqEntry, DlqFilter, DlqStatus, Error,
-    HandlerRecord, LogRecord, ManagedBy, PendingAction, ProcessedRecord, Result, Store,
-    StoreOptions, Synchronous, TopicInfo, VersionInfo, from_json, now_ms, to_json,
+use super::shared::{
+    self, EVENT_COLUMNS, LogWriter, StoreDb, decode_action, decode_dlq, decode_handler, decode_lag,
+    decode_parked_key, decode_placed, decode_processed, decode_processed_key, decode_record,
+    decode_state, decode_topic, decode_version, event_columns_of,
 };
-use crate::event::{Event, partition_for_key};
+use super::{
+    Appended, AttemptRecord, Batch, CommitReport, DlqAction, DlqEntry, DlqFilter, Error,
+    HandlerRecord, LogRecord, ManagedBy, PendingAction, ProcessedRecord, Result, Store,
+    StoreOptions, Synchronous, TopicInfo, VersionInfo, now_ms, to_json,
+};
+use crate::event::Event;
 use crate::runtime::StateMap;
 
 /// SQLite limits bound parameters per statement; chunk `IN (...)` lists.
@@ -38,7 +43,10 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-const EVENT_COLUMNS: &str = "seq, topic, partition, \"offset\", id, source, type, time, content_type, data_schema, data, headers, key, appended_at";
+impl StoreDb for Sqlite {
+    // Causation is served by an index on `json_extract(headers, ...)`.
+    const CAUSATION_COLUMN: bool = false;
+}
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at `url` and migrates it.
@@ -95,32 +103,6 @@ impl SqliteStore {
     }
 }
 
-fn decode_record(row: &SqliteRow) -> Result<LogRecord> {
-    let headers: String = row.try_get("headers")?;
-    let headers: BTreeMap<String, String> = serde_json::from_str(&headers)
-        .map_err(|e| Error::Corrupt(format!("event headers: {e}")))?;
-    let partition: i64 = row.try_get("partition")?;
-    Ok(LogRecord {
-        seq: row.try_get("seq")?,
-        partition: u32::try_from(partition)
-            .map_err(|_| Error::Corrupt(format!("partition {partition}")))?,
-        offset: row.try_get("offset")?,
-        appended_at: row.try_get("appended_at")?,
-        event: Event {
-            id: row.try_get("id")?,
-            source: row.try_get("source")?,
-            ty: row.try_get("type")?,
-            time: row.try_get("time")?,
-            content_type: row.try_get("content_type")?,
-            data_schema: row.try_get("data_schema")?,
-            data: row.try_get("data")?,
-            headers,
-            key: row.try_get("key")?,
-            topic: row.try_get("topic")?,
-        },
-    })
-}
-
 async fn ensure_topic_in(conn: &mut SqliteConnection, topic: &str, partitions: u32) -> Result<u32> {
     sqlx::query("INSERT INTO topics (name, partitions, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
         .bind(topic)
@@ -135,102 +117,37 @@ async fn ensure_topic_in(conn: &mut SqliteConnection, topic: &str, partitions: u
     u32::try_from(n).map_err(|_| Error::Corrupt(format!("topic {topic} has {n} partitions")))
 }
 
-/// Appends `events` inside the caller's transaction.
-async fn append_in(
-    conn: &mut SqliteConnection,
-    events: &[Event],
-    default_partitions: u32,
-) -> Result<Vec<Appended>> {
-    let now = now_ms();
-    let mut partitions: HashMap<String, u32> = HashMap::new();
-    let mut heads: HashMap<(String, u32), i64> = HashMap::new();
-    // Place every event first (a few look-ups per topic and partition),
-    // then insert them with multi-row statements: one round trip to the
-    // SQLite worker per chunk instead of one per event.
-    let mut placed: Vec<(u32, i64)> = Vec::with_capacity(events.len());
-    for e in events {
-        let n = match partitions.get(&e.topic) {
-            Some(n) => *n,
-            None => {
-                let n = ensure_topic_in(conn, &e.topic, default_partitions).await?;
-                partitions.insert(e.topic.clone(), n);
-                n
-            }
-        };
-        let partition = match &e.key {
-            Some(key) => partition_for_key(key, n),
-            None => rand::random::<u32>() % n,
-        };
-        let head_key = (e.topic.clone(), partition);
-        let offset = match heads.get(&head_key) {
-            Some(o) => *o,
-            None => sqlx::query_scalar::<_, i64>(
-                "SELECT next_offset FROM partition_heads WHERE topic = ? AND partition = ?",
-            )
-            .bind(&e.topic)
-            .bind(i64::from(partition))
-            .fetch_optional(&mut *conn)
-            .await?
-            .unwrap_or(0),
-        };
-        heads.insert(head_key, offset + 1);
-        placed.push((partition, offset));
+/// An append's statements, inside the caller's transaction.
+impl LogWriter for SqliteConnection {
+    const ROWS_PER_INSERT: usize = ROW_CHUNK;
+
+    async fn ensure_topic(&mut self, topic: &str, partitions: u32) -> Result<u32> {
+        ensure_topic_in(self, topic, partitions).await
     }
-    let mut seqs: HashMap<(String, u32, i64), i64> = HashMap::with_capacity(events.len());
-    for (chunk, places) in events.chunks(ROW_CHUNK).zip(placed.chunks(ROW_CHUNK)) {
-        let mut q = QueryBuilder::new(
-            "INSERT INTO events (topic, partition, \"offset\", id, source, type, time, content_type, data_schema, data, headers, key, appended_at) ",
-        );
-        let mut headers = Vec::with_capacity(chunk.len());
-        for e in chunk {
-            headers.push(to_json(&e.headers)?);
-        }
-        q.push_values(
-            chunk.iter().zip(places).zip(headers),
-            |mut row, ((e, (partition, offset)), headers)| {
-                row.push_bind(e.topic.clone())
-                    .push_bind(i64::from(*partition))
-                    .push_bind(*offset)
-                    .push_bind(e.id.clone())
-                    .push_bind(e.source.clone())
-                    .push_bind(e.ty.clone())
-                    .push_bind(e.time.clone())
-                    .push_bind(e.content_type.clone())
-                    .push_bind(e.data_schema.clone())
-                    .push_bind(e.data.clone())
-                    .push_bind(headers)
-                    .push_bind(e.key.clone())
-                    .push_bind(now);
-            },
-        );
-        q.push(" RETURNING seq, topic, partition, \"offset\"");
-        for row in q.build().fetch_all(&mut *conn).await? {
-            let partition: i64 = row.try_get("partition")?;
-            seqs.insert(
-                (
-                    row.try_get("topic")?,
-                    u32::try_from(partition).unwrap_or(0),
-                    row.try_get("offset")?,
-                ),
-                row.try_get("seq")?,
-            );
-        }
+
+    async fn next_offset(&mut self, topic: &str, partition: u32) -> Result<i64> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT next_offset FROM partition_heads WHERE topic = ? AND partition = ?",
+        )
+        .bind(topic)
+        .bind(i64::from(partition))
+        .fetch_optional(&mut *self)
+        .await?;
+        Ok(next.unwrap_or(0))
     }
-    let mut out = Vec::with_capacity(events.len());
-    for (e, (partition, offset)) in events.iter().zip(placed) {
-        let seq = seqs
-            .get(&(e.topic.clone(), partition, offset))
-            .copied()
-            .ok_or_else(|| Error::Corrupt(format!("no sequence number for event {}", e.id)))?;
-        out.push(Appended {
-            id: e.id.clone(),
-            topic: e.topic.clone(),
-            partition,
-            offset,
-            seq,
-        });
+
+    async fn insert_events(
+        &mut self,
+        events: &[Event],
+        places: &[(u32, i64)],
+        now: i64,
+    ) -> Result<Vec<((String, u32, i64), i64)>> {
+        let mut q = Sqlite::insert_events(events, places, now)?;
+        let rows = q.build().fetch_all(&mut *self).await?;
+        rows.iter().map(decode_placed).collect()
     }
-    for ((topic, partition), next) in heads {
+
+    async fn set_next_offset(&mut self, topic: &str, partition: u32, next: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO partition_heads (topic, partition, next_offset) VALUES (?, ?, ?) \
              ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
@@ -238,50 +155,10 @@ async fn append_in(
         .bind(topic)
         .bind(i64::from(partition))
         .bind(next)
-        .execute(&mut *conn)
+        .execute(&mut *self)
         .await?;
+        Ok(())
     }
-    Ok(out)
-}
-
-fn decode_version(r: &SqliteRow) -> Result<VersionInfo> {
-    Ok(VersionInfo {
-        version: r.try_get("version")?,
-        digest: r.try_get("digest")?,
-        size: r.try_get("size")?,
-        uploaded_at: r.try_get("uploaded_at")?,
-    })
-}
-
-fn decode_attempt(r: &SqliteRow) -> Result<(String, AttemptRecord)> {
-    let attempt: i64 = r.try_get("attempt")?;
-    Ok((
-        r.try_get("event_id")?,
-        AttemptRecord {
-            attempt: u32::try_from(attempt).unwrap_or(0),
-            outcome: r.try_get("outcome")?,
-            error: r.try_get("error")?,
-            version: r.try_get("version")?,
-            at: r.try_get("at")?,
-        },
-    ))
-}
-
-fn decode_dlq(row: &SqliteRow) -> Result<DlqEntry> {
-    let record: String = row.try_get("event")?;
-    let attempts: String = row.try_get("attempts")?;
-    let status: String = row.try_get("status")?;
-    Ok(DlqEntry {
-        id: row.try_get("id")?,
-        handler: row.try_get("handler")?,
-        version: row.try_get("version")?,
-        record: from_json(&record, "DLQ event")?,
-        attempts: from_json(&attempts, "DLQ attempts")?,
-        error: row.try_get("error")?,
-        status: DlqStatus::parse(&status)?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
 }
 
 /// A processed record about to be written.
@@ -346,22 +223,12 @@ impl Store for SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let partitions: i64 = r.try_get("partitions")?;
-                Ok(TopicInfo {
-                    name: r.try_get("name")?,
-                    partitions: u32::try_from(partitions).unwrap_or(0),
-                    events: r.try_get("events")?,
-                    last_seq: r.try_get("last_seq")?,
-                })
-            })
-            .collect()
+        rows.iter().map(decode_topic).collect()
     }
 
     async fn append(&self, events: &[Event], default_partitions: u32) -> Result<Vec<Appended>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let out = append_in(&mut tx, events, default_partitions).await?;
+        let out = shared::append(&mut *tx, events, default_partitions).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -430,9 +297,7 @@ impl Store for SqliteStore {
             .bind(key)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
-            .collect()
+        rows.iter().map(decode_state).collect()
     }
 
     async fn attempts(&self, handler: &str, event_id: &str) -> Result<Vec<AttemptRecord>> {
@@ -444,9 +309,7 @@ impl Store for SqliteStore {
         .bind(event_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| decode_attempt(r).map(|(_, a)| a))
-            .collect()
+        shared::decode_attempts(&rows)
     }
 
     async fn pending_attempts(&self, handler: &str) -> Result<HashMap<String, Vec<AttemptRecord>>> {
@@ -457,12 +320,7 @@ impl Store for SqliteStore {
         .bind(handler)
         .fetch_all(&self.pool)
         .await?;
-        let mut out: HashMap<String, Vec<AttemptRecord>> = HashMap::new();
-        for row in &rows {
-            let (id, attempt) = decode_attempt(row)?;
-            out.entry(id).or_default().push(attempt);
-        }
-        Ok(out)
+        shared::group_attempts(&rows)
     }
 
     async fn commit(&self, batch: &Batch) -> Result<CommitReport> {
@@ -474,93 +332,39 @@ impl Store for SqliteStore {
         // already existed is a duplicate: its effects are not applied again.
         let mut fresh: HashSet<(String, String)> = HashSet::new();
         for chunk in batch.processed.chunks(ROW_CHUNK) {
-            let mut q = QueryBuilder::new(
-                "INSERT INTO processed (handler, event_id, topic, seq, outcome, version, attempts, processed_at) ",
-            );
-            q.push_values(chunk, |mut row, p| {
-                row.push_bind(p.handler.clone())
-                    .push_bind(p.event_id.clone())
-                    .push_bind(p.topic.clone())
-                    .push_bind(p.seq)
-                    .push_bind("ok")
-                    .push_bind(p.version.clone())
-                    .push_bind(i64::from(p.attempts))
-                    .push_bind(now);
-            });
-            q.push(" ON CONFLICT (handler, event_id) DO NOTHING RETURNING handler, event_id");
+            let mut q = Sqlite::insert_processed(chunk, now);
             for row in q.build().fetch_all(&mut *tx).await? {
-                fresh.insert((row.try_get(0)?, row.try_get(1)?));
+                fresh.insert(decode_processed_key(&row)?);
             }
         }
-        // The last change of each state field wins: two events of one key
-        // can meet in a batch (a redrive beside the key's next event), and
-        // a write followed by a delete must end deleted.
-        let mut changes: BTreeMap<(&str, &str, &str), Option<&[u8]>> = BTreeMap::new();
-        let mut outbox: Vec<(&str, &Event)> = Vec::new();
-        for p in &batch.processed {
-            // `remove`: should one id appear twice, only the first applies.
-            if !fresh.remove(&(p.handler.clone(), p.event_id.clone())) {
-                report
-                    .duplicates
-                    .insert((p.handler.clone(), p.event_id.clone()));
-                continue;
-            }
-            if let Some(key) = &p.key {
-                for (name, value) in &p.state_changes {
-                    changes.insert((&p.handler, key, name), value.as_deref());
-                }
-            }
-            outbox.extend(p.emitted.iter().map(|e| (p.handler.as_str(), e)));
-            if p.attempts > 1 {
-                sqlx::query("DELETE FROM attempts WHERE handler = ? AND event_id = ?")
-                    .bind(&p.handler)
-                    .bind(&p.event_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+        let effects = shared::effects(&batch.processed, fresh, &mut report.duplicates);
+        for (handler, event_id) in &effects.retried {
+            sqlx::query("DELETE FROM attempts WHERE handler = ? AND event_id = ?")
+                .bind(handler)
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?;
         }
-        let mut upserts: Vec<(&str, &str, &str, &[u8])> = Vec::new();
-        for ((handler, key, name), value) in changes {
-            match value {
-                Some(value) => upserts.push((handler, key, name, value)),
-                None => {
-                    sqlx::query("DELETE FROM state WHERE handler = ? AND key = ? AND name = ?")
-                        .bind(handler)
-                        .bind(key)
-                        .bind(name)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
+        // In (handler, key, name) order, each field once: its last change.
+        for (handler, key, name) in &effects.state_deletes {
+            sqlx::query("DELETE FROM state WHERE handler = ? AND key = ? AND name = ?")
+                .bind(handler)
+                .bind(key)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
         }
-        for chunk in upserts.chunks(ROW_CHUNK) {
-            let mut q = QueryBuilder::new("INSERT INTO state (handler, key, name, value) ");
-            q.push_values(chunk, |mut row, (handler, key, name, value)| {
-                row.push_bind(handler.to_string())
-                    .push_bind(key.to_string())
-                    .push_bind(name.to_string())
-                    .push_bind(value.to_vec());
-            });
-            q.push(" ON CONFLICT (handler, key, name) DO UPDATE SET value = excluded.value");
-            q.build().execute(&mut *tx).await?;
+        for chunk in effects.state_writes.chunks(ROW_CHUNK) {
+            Sqlite::upsert_state(chunk)
+                .build()
+                .execute(&mut *tx)
+                .await?;
         }
-        for chunk in outbox.chunks(ROW_CHUNK) {
-            let mut rows = Vec::with_capacity(chunk.len());
-            for (handler, e) in chunk {
-                rows.push((*handler, *e, to_json(*e)?));
-            }
-            let mut q = QueryBuilder::new(
-                "INSERT INTO outbox (event_id, topic, key, event, handler, created_at) ",
-            );
-            q.push_values(rows, |mut row, (handler, e, json)| {
-                row.push_bind(e.id.clone())
-                    .push_bind(e.topic.clone())
-                    .push_bind(e.key.clone())
-                    .push_bind(json)
-                    .push_bind(handler.to_owned())
-                    .push_bind(now);
-            });
-            q.build().execute(&mut *tx).await?;
+        for chunk in effects.outbox.chunks(ROW_CHUNK) {
+            Sqlite::insert_outbox(chunk, now)?
+                .build()
+                .execute(&mut *tx)
+                .await?;
             report.outbox_rows += chunk.len() as u64;
         }
         for (handler, event_id, a) in &batch.failures {
@@ -596,11 +400,7 @@ impl Store for SqliteStore {
                 report.dlq_ids.push(0);
                 continue;
             }
-            let error = d
-                .attempts
-                .last()
-                .map(|a| format!("{}: {}", a.outcome, a.error))
-                .unwrap_or_default();
+            let error = shared::dead_letter_error(d);
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO dlq (handler, version, topic, seq, event_id, key, event, attempts, error, status, created_at, updated_at) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
@@ -689,17 +489,11 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
-        if rows.is_empty() {
+        let (events, seqs) = shared::decode_outbox(&rows)?;
+        let Some(&last) = seqs.last() else {
             return Ok(Vec::new());
-        }
-        let mut events = Vec::with_capacity(rows.len());
-        let mut last = 0i64;
-        for row in &rows {
-            let text: String = row.try_get("event")?;
-            events.push(from_json::<Event>(&text, "outbox event")?);
-            last = row.try_get("seq")?;
-        }
-        let appended = append_in(&mut tx, &events, default_partitions).await?;
+        };
+        let appended = shared::append(&mut *tx, &events, default_partitions).await?;
         // Rows are taken in seq order under the write lock, so everything up
         // to `last` that is still pending is exactly what was read.
         sqlx::query("UPDATE outbox SET delivered_at = ? WHERE delivered_at IS NULL AND seq <= ?")
@@ -736,18 +530,7 @@ impl Store for SqliteStore {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let attempts: i64 = r.try_get("attempts")?;
-                Ok(ProcessedRecord {
-                    handler: r.try_get("handler")?,
-                    outcome: r.try_get("outcome")?,
-                    version: r.try_get("version")?,
-                    attempts: u32::try_from(attempts).unwrap_or(0),
-                    processed_at: r.try_get("processed_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(decode_processed).collect()
     }
 
     async fn put_handler(
@@ -769,9 +552,7 @@ impl Store for SqliteStore {
         .bind(managed_by.as_str())
         .execute(&self.pool)
         .await?;
-        self.handler(name)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("handler {name}")))
+        shared::existing_handler(self, name).await
     }
 
     async fn handler(&self, name: &str) -> Result<Option<HandlerRecord>> {
@@ -791,47 +572,19 @@ impl Store for SqliteStore {
         .iter()
         .map(decode_version)
         .collect::<Result<Vec<_>>>()?;
-        let config: String = row.try_get("config")?;
-        Ok(Some(HandlerRecord {
-            name: row.try_get("name")?,
-            config: from_json(&config, "handler config")?,
-            active_version: row.try_get("active_version")?,
-            versions,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-            managed_by: ManagedBy::parse(row.try_get("managed_by")?)?,
-        }))
+        decode_handler(&row, versions).map(Some)
     }
 
     async fn handlers(&self) -> Result<Vec<HandlerRecord>> {
         let names: Vec<String> = sqlx::query_scalar("SELECT name FROM handlers ORDER BY name")
             .fetch_all(&self.pool)
             .await?;
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            if let Some(h) = self.handler(&name).await? {
-                out.push(h);
-            }
-        }
-        Ok(out)
+        shared::handlers_named(self, names).await
     }
 
     async fn delete_handler(&self, name: &str, purge: bool) -> Result<bool> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut tables = vec!["handler_versions"];
-        if purge {
-            tables.extend([
-                "positions",
-                "processed",
-                "state",
-                "attempts",
-                "parked_keys",
-                "parked_events",
-                "dlq_actions",
-                "dlq",
-            ]);
-        }
-        for table in tables {
+        for table in shared::handler_tables(purge) {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE handler = ?"
             )))
@@ -879,7 +632,7 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         let now = now_ms();
-        let size = i64::try_from(component.len()).unwrap_or(i64::MAX);
+        let size = shared::component_size(component);
         sqlx::query(
             "INSERT INTO handler_versions (handler, version, digest, component, size, uploaded_at) VALUES (?, ?, ?, ?, ?, ?)",
         )
@@ -892,15 +645,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok((
-            VersionInfo {
-                version,
-                digest: digest.to_owned(),
-                size,
-                uploaded_at: now,
-            },
-            true,
-        ))
+        Ok((shared::version_info(version, digest, size, now), true))
     }
 
     async fn component(&self, name: &str, version: i64) -> Result<Option<Vec<u8>>> {
@@ -932,9 +677,7 @@ impl Store for SqliteStore {
             .bind(name)
             .execute(&self.pool)
             .await?;
-        self.handler(name)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("handler {name}")))
+        shared::existing_handler(self, name).await
     }
 
     async fn lag(&self, handler: &str) -> Result<Vec<(String, i64)>> {
@@ -945,9 +688,7 @@ impl Store for SqliteStore {
         .bind(handler)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("topic")?, r.try_get("lag")?)))
-            .collect()
+        rows.iter().map(decode_lag).collect()
     }
 
     async fn parked_keys(&self, handler: &str) -> Result<HashMap<String, i64>> {
@@ -955,26 +696,12 @@ impl Store for SqliteStore {
             .bind(handler)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("key")?, r.try_get("dlq_id")?)))
-            .collect()
+        rows.iter().map(decode_parked_key).collect()
     }
 
     async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>> {
-        let mut q = QueryBuilder::new("SELECT * FROM dlq WHERE id > ");
-        q.push_bind(filter.after.unwrap_or(0));
-        if let Some(handler) = &filter.handler {
-            q.push(" AND handler = ").push_bind(handler.clone());
-        }
-        if let Some(topic) = &filter.topic {
-            q.push(" AND topic = ").push_bind(topic.clone());
-        }
-        if let Some(status) = filter.status {
-            q.push(" AND status = ").push_bind(status.as_str());
-        }
-        q.push(" ORDER BY id LIMIT ")
-            .push_bind(i64::from(filter.limit.unwrap_or(100).clamp(1, 1000)));
-        q.build()
+        Sqlite::select_dlq(filter)
+            .build()
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -1004,18 +731,9 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| Error::NotFound(format!("DLQ entry {id}")))?;
-        let mut entry = decode_dlq(&row)?;
-        if entry.status != DlqStatus::Pending {
-            return Err(Error::Conflict(format!(
-                "DLQ entry {id} is already {}",
-                entry.status.as_str()
-            )));
-        }
+        let entry = decode_dlq(&row)?;
+        let (status, action_name) = shared::dlq_transition(&entry, id, action)?;
         let now = now_ms();
-        let (status, action_name) = match action {
-            DlqAction::Redrive => (DlqStatus::Redriven, "redrive"),
-            DlqAction::Discard => (DlqStatus::Discarded, "discard"),
-        };
         sqlx::query("UPDATE dlq SET status = ?, updated_at = ? WHERE id = ?")
             .bind(status.as_str())
             .bind(now)
@@ -1040,9 +758,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        entry.status = status;
-        entry.updated_at = now;
-        Ok(entry)
+        Ok(shared::dlq_acted(entry, status, now))
     }
 
     async fn pending_actions(&self, handler: &str) -> Result<Vec<PendingAction>> {
@@ -1053,32 +769,14 @@ impl Store for SqliteStore {
         .bind(handler)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let action: String = r.try_get("action")?;
-                Ok(PendingAction {
-                    id: r.try_get("action_id")?,
-                    action: match action.as_str() {
-                        "redrive" => DlqAction::Redrive,
-                        "discard" => DlqAction::Discard,
-                        other => return Err(Error::Corrupt(format!("DLQ action {other:?}"))),
-                    },
-                    version: r.try_get("action_version")?,
-                    entry: decode_dlq(r)?,
-                })
-            })
-            .collect()
+        rows.iter().map(decode_action).collect()
     }
 
     async fn parked_events(&self, handler: &str, key: &str) -> Result<Vec<LogRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {} FROM parked_events p JOIN events e ON e.seq = p.seq \
              WHERE p.handler = ? AND p.key = ? ORDER BY p.seq",
-            EVENT_COLUMNS
-                .split(", ")
-                .map(|c| format!("e.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            event_columns_of("e")
         )))
         .bind(handler)
         .bind(key)
