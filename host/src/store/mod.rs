@@ -563,12 +563,7 @@ pub async fn postgres_test_database() -> Option<String> {
 
     let url = std::env::var("SLUICE_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| DEFAULT_TEST_POSTGRES_URL.to_owned());
-    let unavailable = |error: String| {
-        if std::env::var("SLUICE_REQUIRE_SERVERS").as_deref() == Ok("1") {
-            panic!("PostgreSQL not reachable at {url} (SLUICE_REQUIRE_SERVERS=1): {error}");
-        }
-        eprintln!("skipping: PostgreSQL not reachable at {url}: {error}");
-    };
+    let unavailable = |error: String| crate::test_servers::unavailable("PostgreSQL", &url, &error);
     let mut conn = match sqlx::PgConnection::connect(&url).await {
         Ok(conn) => conn,
         Err(e) => {
