@@ -109,6 +109,9 @@ impl From<pipeline::Error> for ApiError {
                     "handler {name} is declared in the host's configuration file, which owns it: change it there"
                 ),
             ),
+            pipeline::Error::Unsupported(detail) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "unsupported", detail)
+            }
             pipeline::Error::Stopping => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "stopping",

@@ -15,6 +15,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use sluice::broker::Publisher;
 use sluice::broker::cloudevents::{self, Position, Record};
 use sluice::broker::kafka::{KafkaPublisher, client_config};
 use sluice::config::BrokerConfig;
@@ -170,4 +171,149 @@ async fn a_record_without_cloudevents_headers_is_consumed_with_fallbacks() {
         e.time.is_some(),
         "the record timestamp stands in for ce_time"
     );
+}
+
+/// Outbox rows committed with a handler's outcome reach Kafka once each,
+/// in per-key order, with two relays (two host instances) on one store:
+/// the lease lets one publish at a time. Rows are marked delivered after
+/// the broker acknowledged them.
+async fn relay_publishes_each_outbox_row_once(store_url: String, brokers: String) {
+    use sluice::pipeline::{Signals, relay};
+    use sluice::store::{Batch, Processed, StoreOptions};
+
+    let store = sluice::store::open(&store_url, &StoreOptions::default())
+        .await
+        .unwrap();
+    let config = BrokerConfig {
+        brokers,
+        ..BrokerConfig::default()
+    };
+    let topic = format!("sluice-test-{}", uuid::Uuid::now_v7());
+    create_topic(&config, &topic, 2).await;
+    let input = store
+        .append(
+            &[Event {
+                topic: "in".into(),
+                ..event(0)
+            }],
+            1,
+        )
+        .await
+        .unwrap();
+    let emitted: Vec<Event> = (0..30)
+        .map(|i| Event {
+            topic: topic.clone(),
+            ..event(i)
+        })
+        .collect();
+    store
+        .commit(&Batch {
+            processed: vec![Processed {
+                handler: "h".into(),
+                version: "v1".into(),
+                topic: "in".into(),
+                seq: input[0].seq,
+                event_id: "k-0".into(),
+                attempts: 1,
+                key: Some("key0".into()),
+                state_changes: BTreeMap::new(),
+                emitted: emitted.clone(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signals = Signals::new();
+    let relays: Vec<_> = ["instance-a", "instance-b"]
+        .into_iter()
+        .map(|holder| {
+            tokio::spawn(relay::run_to_broker(
+                store.clone(),
+                std::sync::Arc::new(KafkaPublisher::new(&config).unwrap()),
+                signals.clone(),
+                7,
+                Duration::from_millis(50),
+                holder.into(),
+                stopped.clone(),
+            ))
+        })
+        .collect();
+    signals.relay.notify_waiters();
+    // Everything arrives; a moment more shows nothing arrives twice.
+    let read = consume(&config, &topic, 30).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.outbox_backlog().await.unwrap() > 0 {
+        assert!(Instant::now() < deadline, "rows not marked delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.send(true).unwrap();
+    for r in relays {
+        r.await.unwrap();
+    }
+    let mut per_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (record, at) in read {
+        let e = cloudevents::decode(record, at);
+        per_key
+            .entry(e.key.clone().unwrap())
+            .or_default()
+            .push(e.id);
+    }
+    for (key, ids) in &per_key {
+        let sent: Vec<String> = emitted
+            .iter()
+            .filter(|e| e.key.as_deref() == Some(key.as_str()))
+            .map(|e| e.id.clone())
+            .collect();
+        assert_eq!(ids, &sent, "{key}: once each, in order");
+    }
+    // Exactly 30 records in the topic: read it all with a fresh group.
+    let all = consume_all(&config, &topic).await;
+    assert_eq!(all, 30, "no row was published twice");
+}
+
+/// Counts the records of `topic` (reads until 2 s pass without one).
+async fn consume_all(config: &BrokerConfig, topic: &str) -> usize {
+    let consumer: StreamConsumer = client_config(config)
+        .set("group.id", format!("count-{}", uuid::Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut n = 0;
+    loop {
+        match tokio::time::timeout(
+            Duration::from_secs(if n == 0 { 20 } else { 2 }),
+            consumer.recv(),
+        )
+        .await
+        {
+            Ok(Ok(_)) => n += 1,
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => return n,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_to_kafka_on_sqlite() {
+    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    relay_publishes_each_outbox_row_once(url, brokers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_to_kafka_on_postgres() {
+    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+        return;
+    };
+    let Some(url) = sluice::store::postgres_test_database().await else {
+        return;
+    };
+    relay_publishes_each_outbox_row_once(url, brokers).await;
 }

@@ -8,7 +8,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::cloudevents;
-use super::{Error, Result};
+use super::{Error, Publisher, Result};
 use crate::config::BrokerConfig;
 use crate::event::Event;
 
@@ -44,11 +44,17 @@ impl KafkaPublisher {
         Ok(Self { producer })
     }
 
-    /// Publishes `events` in order and returns when every one is
-    /// acknowledged by all in-sync replicas. On an error some of them may
-    /// have been written: the caller publishes them again (same ids), which
-    /// consumers deduplicate.
-    pub async fn publish(&self, events: &[Event]) -> Result<()> {
+    /// Waits (bounded) until queued records are delivered.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        Ok(self.producer.flush(timeout)?)
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for KafkaPublisher {
+    /// Every event is acknowledged by all in-sync replicas before this
+    /// returns.
+    async fn publish(&self, events: &[Event]) -> Result<()> {
         let mut deliveries = Vec::with_capacity(events.len());
         for event in events {
             let record = cloudevents::encode(event);
@@ -93,10 +99,5 @@ impl KafkaPublisher {
             }
         }
         Ok(())
-    }
-
-    /// Waits (bounded) until queued records are delivered.
-    pub fn flush(&self, timeout: Duration) -> Result<()> {
-        Ok(self.producer.flush(timeout)?)
     }
 }

@@ -21,3 +21,12 @@ pub enum Error {
 
 /// Result of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Publishes events to an external broker: the outbox relay's way out.
+#[async_trait::async_trait]
+pub trait Publisher: Send + Sync {
+    /// Publishes `events` in order and returns once the broker has
+    /// acknowledged every one. On an error some may have been written; the
+    /// caller publishes them again (same ids), which consumers deduplicate.
+    async fn publish(&self, events: &[crate::event::Event]) -> Result<()>;
+}

@@ -30,7 +30,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, HandlerConfig, PipelineConfig};
+use crate::config::{BrokerKind, Config, HandlerConfig, PipelineConfig};
 use crate::runtime::{self, Handler, LoadedComponent, Runtime};
 use crate::store::{self, Batch, CommitReport, ManagedBy, Store};
 
@@ -57,6 +57,9 @@ pub enum Error {
     /// The pipeline is shutting down.
     #[error("the pipeline is shutting down")]
     Stopping,
+    /// The configuration asks for something this host cannot do.
+    #[error("unsupported configuration: {0}")]
+    Unsupported(String),
 }
 
 /// Result of this module.
@@ -349,6 +352,14 @@ impl Pipeline {
         runtime: Arc<Runtime>,
         signals: Signals,
     ) -> Result<Self> {
+        if config.broker.kind != BrokerKind::Embedded {
+            // The Kafka publisher and the relay to it exist (broker::kafka,
+            // relay::run_to_broker); consuming handlers' topics from Kafka
+            // does not yet, and half a broker would split the event flow.
+            return Err(Error::Unsupported(
+                "[broker] kind = \"kafka\": consuming from Kafka is not implemented yet; use the embedded broker".into(),
+            ));
+        }
         for t in &config.topics {
             store.ensure_topic(&t.name, t.partitions).await?;
         }

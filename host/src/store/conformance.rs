@@ -109,6 +109,8 @@ conformance! {
     concurrent_version_uploads_get_distinct_numbers,
     concurrent_dlq_actions_conflict,
     state_changes_apply_in_batch_order,
+    outbox_rows_wait_until_marked_delivered,
+    a_lease_has_one_holder_until_it_expires,
 }
 
 fn event(id: &str, topic: &str, key: Option<&str>) -> Event {
@@ -1116,4 +1118,53 @@ async fn state_changes_apply_in_batch_order(s: &TestStore) {
         s.load_state("h", "k").await.unwrap(),
         BTreeMap::from([("m".to_string(), b"2".to_vec())])
     );
+}
+
+async fn outbox_rows_wait_until_marked_delivered(s: &TestStore) {
+    let a = s
+        .append(&[event("in-1", "in", Some("k"))], 1)
+        .await
+        .unwrap();
+    let emitted: Vec<Event> = (0..3)
+        .map(|i| event(&format!("out-{i}"), "out", Some("k")))
+        .collect();
+    s.commit(&Batch {
+        processed: vec![Processed {
+            emitted: emitted.clone(),
+            ..processed("h", "in", a[0].seq, "in-1", Some("k"))
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let pending = s.outbox_pending(2).await.unwrap();
+    let events: Vec<Event> = pending.iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(events, emitted[..2], "oldest first, up to the limit");
+    // Reading is not delivering: the same rows until they are marked.
+    assert_eq!(s.outbox_pending(2).await.unwrap(), pending);
+    assert_eq!(s.outbox_backlog().await.unwrap(), 3);
+    let seqs: Vec<i64> = pending.iter().map(|(seq, _)| *seq).collect();
+    s.outbox_delivered(&seqs).await.unwrap();
+    let rest = s.outbox_pending(10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].1, emitted[2]);
+    assert_eq!(s.outbox_backlog().await.unwrap(), 1);
+}
+
+async fn a_lease_has_one_holder_until_it_expires(s: &TestStore) {
+    let other = s.reopen().await;
+    assert!(s.lease("relay", "a", 60_000).await.unwrap());
+    assert!(
+        !other.lease("relay", "b", 60_000).await.unwrap(),
+        "held by a"
+    );
+    assert!(s.lease("relay", "a", 60_000).await.unwrap(), "a renews");
+    assert!(
+        other.lease("other-work", "b", 60_000).await.unwrap(),
+        "names are separate"
+    );
+    // Not renewed: it expires and b takes over; a has lost it.
+    assert!(s.lease("relay", "a", -1).await.unwrap());
+    assert!(other.lease("relay", "b", 60_000).await.unwrap());
+    assert!(!s.lease("relay", "a", 60_000).await.unwrap());
 }

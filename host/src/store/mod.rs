@@ -455,6 +455,21 @@ pub trait Store: Send + Sync + 'static {
     /// Number of outbox rows not yet delivered.
     async fn outbox_backlog(&self) -> Result<i64>;
 
+    /// Up to `limit` undelivered outbox rows, oldest first, with their
+    /// outbox sequence numbers: what a relay to an external broker
+    /// publishes (it marks them with [`Store::outbox_delivered`] once the
+    /// broker acknowledged them).
+    async fn outbox_pending(&self, limit: u32) -> Result<Vec<(i64, Event)>>;
+
+    /// Marks outbox rows delivered.
+    async fn outbox_delivered(&self, seqs: &[i64]) -> Result<()>;
+
+    /// Takes or renews the lease `name` for `holder` for `ttl_ms` from now;
+    /// `true` when `holder` holds it. Another holder gets it only once it
+    /// expired, so at most one instance does the leased work at a time
+    /// (short of clock skew beyond the ttl).
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool>;
+
     /// Creates or updates a handler's configuration; versions are kept.
     async fn put_handler(
         &self,

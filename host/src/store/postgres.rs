@@ -499,6 +499,47 @@ impl Store for PostgresStore {
         Ok(appended)
     }
 
+    async fn outbox_pending(&self, limit: u32) -> Result<Vec<(i64, Event)>> {
+        let rows = sqlx::query(
+            "SELECT seq, event FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let (events, seqs) = shared::decode_outbox(&rows)?;
+        Ok(seqs.into_iter().zip(events).collect())
+    }
+
+    async fn outbox_delivered(&self, seqs: &[i64]) -> Result<()> {
+        sqlx::query("UPDATE outbox SET delivered_at = $1 WHERE seq = ANY($2)")
+            .bind(now_ms())
+            .bind(seqs)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now + ttl_ms)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT holder FROM leases WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(current.as_deref() == Some(holder))
+    }
+
     async fn outbox_backlog(&self) -> Result<i64> {
         Ok(
             sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")

@@ -505,6 +505,52 @@ impl Store for SqliteStore {
         Ok(appended)
     }
 
+    async fn outbox_pending(&self, limit: u32) -> Result<Vec<(i64, Event)>> {
+        let rows = sqlx::query(
+            "SELECT seq, event FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let (events, seqs) = shared::decode_outbox(&rows)?;
+        Ok(seqs.into_iter().zip(events).collect())
+    }
+
+    async fn outbox_delivered(&self, seqs: &[i64]) -> Result<()> {
+        for chunk in seqs.chunks(IN_CHUNK) {
+            let mut q = QueryBuilder::new("UPDATE outbox SET delivered_at = ");
+            q.push_bind(now_ms()).push(" WHERE seq IN (");
+            let mut list = q.separated(", ");
+            for seq in chunk {
+                list.push_bind(*seq);
+            }
+            q.push(")");
+            q.build().execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at < ?",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now + ttl_ms)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT holder FROM leases WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(current.as_deref() == Some(holder))
+    }
+
     async fn outbox_backlog(&self) -> Result<i64> {
         Ok(
             sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
