@@ -339,11 +339,25 @@ fn run_reports_an_unusable_store_clearly() {
     assert!(err.contains("opening the store sqlite://"), "{err}");
 
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[store]\nurl = \"postgres://nowhere\"\n").unwrap();
+    std::fs::write(&bad, "[store]\nurl = \"mysql://nowhere\"\n").unwrap();
     let out = run_with(&bad);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("unsupported scheme"),
+        "{}",
+        text(&out.stderr)
+    );
+    // An unreachable database: a clear error naming it, not a hang.
+    let gone = dir.path().join("gone.toml");
+    std::fs::write(
+        &gone,
+        "[store]\nurl = \"postgres://postgres@127.0.0.1:1/none\"\n[admin]\naddr = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let out = run_with(&gone);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("opening the store postgres://postgres@127.0.0.1:1/none"),
         "{}",
         text(&out.stderr)
     );

@@ -68,8 +68,16 @@ impl PostgresStore {
             url: url.to_owned(),
             reason: e.to_string(),
         })?;
+        // One plain connection first: an unreachable or misconfigured
+        // server fails here at once with its own error, where the pool
+        // would retry until its acquire timeout.
+        {
+            use sqlx::Connection as _;
+            PgConnection::connect_with(&connect).await?.close().await?;
+        }
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(2))
+            .acquire_timeout(std::time::Duration::from_secs(10))
             .connect_with(connect)
             .await?;
         // The migrator takes its own advisory lock: hosts starting together
