@@ -239,6 +239,8 @@ fn merge(into: &mut Batch, from: &Batch) {
     into.actions_done.extend(from.actions_done.iter().copied());
     into.unparked.extend(from.unparked.iter().cloned());
     into.positions.extend(from.positions.iter().cloned());
+    into.broker_positions
+        .extend(from.broker_positions.iter().cloned());
 }
 
 async fn commit_until_done(store: &dyn Store, batch: &Batch) -> CommitReport {

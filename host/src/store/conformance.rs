@@ -111,6 +111,7 @@ conformance! {
     state_changes_apply_in_batch_order,
     outbox_rows_wait_until_marked_delivered,
     a_lease_has_one_holder_until_it_expires,
+    broker_positions_only_move_forward,
 }
 
 fn event(id: &str, topic: &str, key: Option<&str>) -> Event {
@@ -1167,4 +1168,26 @@ async fn a_lease_has_one_holder_until_it_expires(s: &TestStore) {
     assert!(s.lease("relay", "a", -1).await.unwrap());
     assert!(other.lease("relay", "b", 60_000).await.unwrap());
     assert!(!s.lease("relay", "a", 60_000).await.unwrap());
+}
+
+async fn broker_positions_only_move_forward(s: &TestStore) {
+    let at = |partition, offset| ("h".to_string(), "t".to_string(), partition, offset);
+    s.commit(&Batch {
+        broker_positions: vec![at(0, 5), at(1, 3)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // A late commit from an instance that lost the partition: no regression.
+    s.commit(&Batch {
+        broker_positions: vec![at(0, 4), at(1, 9)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.broker_positions("h", "t").await.unwrap(),
+        HashMap::from([(0, 5), (1, 9)])
+    );
+    assert!(s.broker_positions("h", "other").await.unwrap().is_empty());
 }

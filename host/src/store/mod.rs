@@ -278,6 +278,9 @@ pub struct Batch {
     pub unparked: Vec<(String, String)>,
     /// New consumer positions, as (handler, topic, position).
     pub positions: Vec<(String, String, i64)>,
+    /// New positions on an external broker's partitions, as (handler,
+    /// topic, partition, offset done).
+    pub broker_positions: Vec<(String, String, i32, i64)>,
 }
 
 impl Batch {
@@ -290,6 +293,7 @@ impl Batch {
             && self.actions_done.is_empty()
             && self.unparked.is_empty()
             && self.positions.is_empty()
+            && self.broker_positions.is_empty()
     }
 }
 
@@ -454,6 +458,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of outbox rows not yet delivered.
     async fn outbox_backlog(&self) -> Result<i64>;
+
+    /// `handler`'s positions on the partitions of an external broker's
+    /// `topic`: the last offset done of each.
+    async fn broker_positions(&self, handler: &str, topic: &str) -> Result<HashMap<i32, i64>>;
 
     /// Up to `limit` undelivered outbox rows, oldest first, with their
     /// outbox sequence numbers: what a relay to an external broker

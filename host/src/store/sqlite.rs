@@ -477,6 +477,18 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        for (handler, topic, partition, position) in &batch.broker_positions {
+            sqlx::query(
+                "INSERT INTO broker_positions (handler, topic, partition, position) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (handler, topic, partition) DO UPDATE SET position = MAX(position, excluded.position)",
+            )
+            .bind(handler)
+            .bind(topic)
+            .bind(i64::from(*partition))
+            .bind(position)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(report)
     }
@@ -549,6 +561,23 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(current.as_deref() == Some(holder))
+    }
+
+    async fn broker_positions(&self, handler: &str, topic: &str) -> Result<HashMap<i32, i64>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT partition, position FROM broker_positions WHERE handler = ? AND topic = ?",
+        )
+        .bind(handler)
+        .bind(topic)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(partition, position)| {
+                let partition = i32::try_from(partition)
+                    .map_err(|_| Error::Corrupt(format!("broker partition {partition}")))?;
+                Ok((partition, position))
+            })
+            .collect()
     }
 
     async fn outbox_backlog(&self) -> Result<i64> {
