@@ -510,6 +510,19 @@ async fn append_events(
                 .map_err(ApiError::bad_request)?,
         );
     }
+    // With Kafka as the broker, events go there (acknowledged by all
+    // in-sync replicas before the answer), not to the embedded log.
+    if let Some(publisher) = state.pipeline.as_ref().and_then(|p| p.publisher()) {
+        publisher.publish(&events).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                e.to_string(),
+            )
+        })?;
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "ids": ids }))));
+    }
     let appended = state
         .store
         .append(&events, state.default_partitions)

@@ -101,3 +101,143 @@ impl Publisher for KafkaPublisher {
         Ok(())
     }
 }
+
+/// A partition of a topic.
+pub type TopicPartition = (String, i32);
+
+/// A change of the partitions this consumer owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebalanced {
+    /// These partitions are now ours.
+    Assigned(Vec<TopicPartition>),
+    /// These partitions are no longer ours.
+    Revoked(Vec<TopicPartition>),
+}
+
+/// Forwards rebalances to the dispatcher, which owns the positions.
+pub struct RebalanceContext {
+    events: tokio::sync::mpsc::UnboundedSender<Rebalanced>,
+}
+
+fn partitions(list: &rdkafka::TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
+}
+
+impl rdkafka::client::ClientContext for RebalanceContext {}
+
+impl rdkafka::consumer::ConsumerContext for RebalanceContext {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        use rdkafka::consumer::Rebalance;
+        let event = match rebalance {
+            Rebalance::Assign(list) => Rebalanced::Assigned(partitions(list)),
+            Rebalance::Revoke(list) => Rebalanced::Revoked(partitions(list)),
+            Rebalance::Error(e) => {
+                tracing::error!("kafka rebalance failed: {e}");
+                return;
+            }
+        };
+        tracing::info!(?event, "kafka partitions rebalanced");
+        // The receiver is gone only while the dispatcher stops.
+        let _ = self.events.send(event);
+    }
+}
+
+/// A handler's consumer: one member of the group `{group_prefix}.{handler}`,
+/// which every host instance joins, so the partitions are shared among
+/// them. Offsets are not auto-committed: the store holds the positions
+/// (written with the outcomes), and they are also committed to Kafka after
+/// each outcome commit, so that standard lag tooling works.
+pub struct Subscription {
+    consumer: rdkafka::consumer::StreamConsumer<RebalanceContext>,
+}
+
+impl Subscription {
+    /// Joins the group and subscribes to `topics`. `from_earliest` decides
+    /// where a partition without a committed offset starts. Returns the
+    /// subscription and its stream of rebalances.
+    pub fn new(
+        config: &BrokerConfig,
+        handler: &str,
+        topics: &[String],
+        from_earliest: bool,
+    ) -> Result<(Self, tokio::sync::mpsc::UnboundedReceiver<Rebalanced>)> {
+        use rdkafka::consumer::Consumer;
+        let (events, rebalances) = tokio::sync::mpsc::unbounded_channel();
+        let consumer: rdkafka::consumer::StreamConsumer<RebalanceContext> = client_config(config)
+            .set("group.id", format!("{}.{handler}", config.group_prefix))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                if from_earliest { "earliest" } else { "latest" },
+            )
+            .create_with_context(RebalanceContext { events })?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names)?;
+        Ok((Self { consumer }, rebalances))
+    }
+
+    /// The next record and where it was.
+    pub async fn recv(&self) -> Result<(cloudevents::Record, cloudevents::Position)> {
+        use rdkafka::Message;
+        use rdkafka::message::Headers;
+        let m = self.consumer.recv().await?;
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((
+            cloudevents::Record {
+                topic: m.topic().to_owned(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            },
+            cloudevents::Position {
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
+            },
+        ))
+    }
+
+    /// Continues `partition` of `topic` at `offset` (asynchronously:
+    /// records already fetched may still arrive, and the caller skips
+    /// them).
+    pub fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
+        use rdkafka::consumer::Consumer;
+        self.consumer.seek(
+            topic,
+            partition,
+            rdkafka::Offset::Offset(offset),
+            Duration::ZERO,
+        )?;
+        Ok(())
+    }
+
+    /// Commits, asynchronously, the next offset to read of each partition,
+    /// after the positions were committed to the store.
+    pub fn commit(&self, next: &[(String, i32, i64)]) -> Result<()> {
+        use rdkafka::consumer::{CommitMode, Consumer};
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut list = rdkafka::TopicPartitionList::new();
+        for (topic, partition, offset) in next {
+            list.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*offset))?;
+        }
+        self.consumer.commit(&list, CommitMode::Async)?;
+        Ok(())
+    }
+}

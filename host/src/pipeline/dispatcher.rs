@@ -29,11 +29,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::{Committer, HandlerStats, Signals};
-use crate::config::{DeadLetterMode, HandlerConfig, PipelineConfig, StartFrom};
+use crate::broker::{cloudevents, kafka};
+use crate::config::{BrokerConfig, DeadLetterMode, HandlerConfig, PipelineConfig, StartFrom};
 use crate::runtime::{Handler, Invocation, Outcome, StateMap};
 use crate::store::{
     self, AttemptRecord, Batch, CommitReport, DeadLetter, DlqAction, LogRecord, ParkedEvent,
@@ -99,6 +100,10 @@ enum Phase {
 
 struct TopicCursor {
     name: String,
+    /// The partition of an external broker's topic this cursor reads;
+    /// `None` for a topic of the embedded log (positions are log sequence
+    /// numbers, offsets otherwise).
+    partition: Option<i32>,
     /// Highest sequence number read.
     fetched: i64,
     /// Position last committed.
@@ -151,6 +156,16 @@ pub struct Dispatcher {
     /// saves a database read per event.
     state_cache: HashMap<String, StateMap>,
     state_cache_bytes: u64,
+    /// Reading from Kafka instead of the embedded log.
+    kafka: Option<KafkaInput>,
+}
+
+/// A dispatcher's Kafka side: its group member and the cursor of each
+/// partition it owns.
+struct KafkaInput {
+    subscription: Arc<kafka::Subscription>,
+    rebalances: Option<mpsc::UnboundedReceiver<kafka::Rebalanced>>,
+    cursors: HashMap<kafka::TopicPartition, usize>,
 }
 
 impl Dispatcher {
@@ -170,6 +185,7 @@ impl Dispatcher {
             .into_iter()
             .map(|(name, position)| TopicCursor {
                 name,
+                partition: None,
                 fetched: position,
                 committed: position,
                 inflight: BTreeMap::new(),
@@ -200,8 +216,53 @@ impl Dispatcher {
             batch_done: Vec::new(),
             state_cache: HashMap::new(),
             state_cache_bytes: 0,
+            kafka: None,
             cfg,
         })
+    }
+
+    /// Prepares a dispatcher that reads its topics from Kafka, as a member
+    /// of the group `{group_prefix}.{handler}`. Partition positions come
+    /// from the store as partitions are assigned.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn with_kafka(
+        cfg: HandlerConfig,
+        handler: watch::Receiver<Handler>,
+        store: Arc<dyn Store>,
+        committer: Committer,
+        signals: Signals,
+        stats: Arc<HandlerStats>,
+        pipeline: &PipelineConfig,
+        broker: &BrokerConfig,
+    ) -> Result<Self, String> {
+        let (subscription, rebalances) = kafka::Subscription::new(
+            broker,
+            &cfg.name,
+            &cfg.topics,
+            cfg.start_from == StartFrom::Earliest,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut me = Self::new(
+            HandlerConfig {
+                topics: Vec::new(),
+                ..cfg.clone()
+            },
+            handler,
+            store,
+            committer,
+            signals,
+            stats,
+            pipeline,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        me.cfg = cfg;
+        me.kafka = Some(KafkaInput {
+            subscription: Arc::new(subscription),
+            rebalances: Some(rebalances),
+            cursors: HashMap::new(),
+        });
+        Ok(me)
     }
 
     fn in_flight(&self) -> usize {
@@ -223,6 +284,10 @@ impl Dispatcher {
         let mut stopping = false;
         let mut poll = tokio::time::interval(self.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let subscription = self.kafka.as_ref().map(|k| k.subscription.clone());
+        let mut rebalances = self.kafka.as_mut().and_then(|k| k.rebalances.take());
+        // Kafka offsets to commit once the store commit in flight is done.
+        let mut committing_offsets: Vec<(String, i32, i64)> = Vec::new();
 
         loop {
             if !stopping {
@@ -233,7 +298,7 @@ impl Dispatcher {
                     need_actions = false;
                     self.take_actions().await;
                 }
-                while need_fetch && self.in_flight() < self.max_in_flight {
+                while need_fetch && self.kafka.is_none() && self.in_flight() < self.max_in_flight {
                     need_fetch = self.fetch().await;
                 }
                 self.start_due_retries();
@@ -250,6 +315,11 @@ impl Dispatcher {
                 committing = std::mem::take(&mut self.batch_done);
                 let batch = self.take_batch();
                 commit_parks = !batch.parked.is_empty();
+                committing_offsets = batch
+                    .broker_positions
+                    .iter()
+                    .map(|(_, topic, partition, done)| (topic.clone(), *partition, done + 1))
+                    .collect();
                 let committer = self.committer.clone();
                 commit = Some(tokio::spawn(async move { committer.commit(batch).await }));
             }
@@ -274,7 +344,16 @@ impl Dispatcher {
                     commit = None;
                     commit_parks = false;
                     match joined {
-                        Ok(Some(report)) => self.committed(std::mem::take(&mut committing), report),
+                        Ok(Some(report)) => {
+                            self.committed(std::mem::take(&mut committing), report);
+                            // After the store: Kafka's offsets never run
+                            // ahead of the positions the store holds.
+                            if let Some(sub) = &subscription
+                                && let Err(error) = sub.commit(&std::mem::take(&mut committing_offsets))
+                            {
+                                tracing::warn!(handler = %self.cfg.name, "committing offsets to kafka failed (the store has them): {error}");
+                            }
+                        }
                         // The committer is gone: the host is stopping.
                         Ok(None) | Err(_) => return,
                     }
@@ -289,6 +368,18 @@ impl Dispatcher {
                 }
                 _ = actions.notified(), if !stopping => need_actions = true,
                 _ = shutdown.changed(), if !stopping => stopping = true,
+                received = recv_kafka(subscription.as_deref()), if subscription.is_some() && !stopping && self.in_flight() < self.max_in_flight => {
+                    match received {
+                        Ok((record, at)) => self.accept_kafka(record, at).await,
+                        Err(error) => {
+                            tracing::warn!(handler = %self.cfg.name, "kafka: {error}");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+                Some(change) = recv_rebalance(rebalances.as_mut()), if rebalances.is_some() => {
+                    self.rebalanced(change).await;
+                }
             }
         }
     }
@@ -333,42 +424,166 @@ impl Dispatcher {
                 }
             };
             for record in records {
-                let seq = record.seq;
-                let cursor = &mut self.topics[t];
-                cursor.fetched = seq;
-                cursor.inflight.insert(seq, Phase::Running);
-                self.stats.read_seq.fetch_max(seq, Ordering::Relaxed);
-                let event = &record.event;
-                if !self.cfg.accepts(&event.ty) {
-                    self.stats.filtered.fetch_add(1, Ordering::Relaxed);
-                    self.skip(Origin::Log(t), seq);
-                    continue;
-                }
-                if processed.contains(&event.id) || self.inflight_ids.contains(&event.id) {
-                    tracing::debug!(handler = %self.cfg.name, event = %event.id, "duplicate skipped");
-                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    self.skip(Origin::Log(t), seq);
-                    continue;
-                }
-                if let Some(key) = &event.key
-                    && self.parked.contains_key(key)
-                {
-                    self.park(Origin::Log(t), &record);
-                    continue;
-                }
-                self.inflight_ids.insert(event.id.clone());
-                let failures = self.restored.remove(&event.id).unwrap_or_default();
-                let attempt = failures.len() as u32 + 1;
-                self.submit(Item {
-                    record,
-                    attempt,
-                    failures,
-                    origin: Origin::Log(t),
-                    pinned: None,
-                });
+                let duplicate = processed.contains(&record.event.id);
+                self.accept(t, record, duplicate);
             }
         }
         more
+    }
+
+    /// Takes one record read from cursor `t`: skips it (filtered, a
+    /// duplicate), holds it back (parked key) or queues it behind its key.
+    fn accept(&mut self, t: usize, record: LogRecord, processed: bool) {
+        let seq = record.seq;
+        let cursor = &mut self.topics[t];
+        cursor.fetched = seq;
+        cursor.inflight.insert(seq, Phase::Running);
+        if cursor.partition.is_none() {
+            self.stats.read_seq.fetch_max(seq, Ordering::Relaxed);
+        }
+        let event = &record.event;
+        if !self.cfg.accepts(&event.ty) {
+            self.stats.filtered.fetch_add(1, Ordering::Relaxed);
+            self.skip(Origin::Log(t), seq);
+            return;
+        }
+        if processed || self.inflight_ids.contains(&event.id) {
+            tracing::debug!(handler = %self.cfg.name, event = %event.id, "duplicate skipped");
+            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            self.skip(Origin::Log(t), seq);
+            return;
+        }
+        if let Some(key) = &event.key
+            && self.parked.contains_key(key)
+        {
+            self.park(Origin::Log(t), &record);
+            return;
+        }
+        self.inflight_ids.insert(event.id.clone());
+        let failures = self.restored.remove(&event.id).unwrap_or_default();
+        let attempt = failures.len() as u32 + 1;
+        self.submit(Item {
+            record,
+            attempt,
+            failures,
+            origin: Origin::Log(t),
+            pinned: None,
+        });
+    }
+
+    /// Takes one record from Kafka. The store's position of its partition
+    /// decides: at or before it, the record is done already and skipped.
+    async fn accept_kafka(&mut self, record: cloudevents::Record, at: cloudevents::Position) {
+        let Some(t) = self
+            .kafka_cursor(&record.topic, at.partition, at.offset)
+            .await
+        else {
+            return;
+        };
+        if at.offset <= self.topics[t].fetched {
+            return;
+        }
+        let event = cloudevents::decode(record, at);
+        let processed = if self.cfg.accepts(&event.ty) {
+            match self
+                .store
+                .processed_ids(&self.cfg.name, std::slice::from_ref(&event.id))
+                .await
+            {
+                Ok(p) => !p.is_empty(),
+                Err(error) => {
+                    // Not taken: the partition is read again from the
+                    // store's position once the store answers.
+                    tracing::error!(handler = %self.cfg.name, "reading processed ids failed: {error}");
+                    self.forget_partitions(&[(event.topic.clone(), at.partition)]);
+                    return;
+                }
+            }
+        } else {
+            false
+        };
+        let record = LogRecord {
+            seq: at.offset,
+            partition: u32::try_from(at.partition).unwrap_or_default(),
+            offset: at.offset,
+            appended_at: at.timestamp_ms.unwrap_or_else(now_ms),
+            event,
+        };
+        self.accept(t, record, processed);
+    }
+
+    /// The cursor of an owned partition, created from the store's position
+    /// the first time (or after a rebalance). A record before that
+    /// position makes the consumer seek past it.
+    async fn kafka_cursor(&mut self, topic: &str, partition: i32, offset: i64) -> Option<usize> {
+        let kafka = self.kafka.as_ref()?;
+        let tp = (topic.to_owned(), partition);
+        if let Some(t) = kafka.cursors.get(&tp) {
+            return Some(*t);
+        }
+        let stored = match self.store.broker_positions(&self.cfg.name, topic).await {
+            Ok(p) => p.get(&partition).copied(),
+            Err(error) => {
+                tracing::error!(handler = %self.cfg.name, "reading broker positions failed: {error}");
+                return None;
+            }
+        };
+        let position = stored.unwrap_or(offset - 1);
+        if offset <= position
+            && let Err(error) = kafka.subscription.seek(topic, partition, position + 1)
+        {
+            tracing::debug!(handler = %self.cfg.name, "seek failed, skipping instead: {error}");
+        }
+        self.topics.push(TopicCursor {
+            name: topic.to_owned(),
+            partition: Some(partition),
+            fetched: position,
+            committed: position,
+            inflight: BTreeMap::new(),
+        });
+        let t = self.topics.len() - 1;
+        if let Some(kafka) = self.kafka.as_mut() {
+            kafka.cursors.insert(tp, t);
+        }
+        Some(t)
+    }
+
+    /// Partitions changed hands: their cursors are built again from the
+    /// store on the next record (another instance may have moved them), and
+    /// the state cache goes, since another instance may have written state.
+    /// Work in flight on revoked partitions finishes; a record another
+    /// instance also ran commits once (the processed record decides).
+    async fn rebalanced(&mut self, change: kafka::Rebalanced) {
+        let (kafka::Rebalanced::Assigned(list) | kafka::Rebalanced::Revoked(list)) = &change;
+        self.forget_partitions(list);
+        self.state_cache.clear();
+        self.state_cache_bytes = 0;
+        if let kafka::Rebalanced::Assigned(list) = change {
+            for (topic, partition) in list {
+                let stored = self
+                    .store
+                    .broker_positions(&self.cfg.name, &topic)
+                    .await
+                    .ok()
+                    .and_then(|p| p.get(&partition).copied());
+                if let Some(position) = stored {
+                    // Seek now; the first record creates the cursor.
+                    if let Some(kafka) = &self.kafka
+                        && let Err(error) = kafka.subscription.seek(&topic, partition, position + 1)
+                    {
+                        tracing::debug!(handler = %self.cfg.name, "seek on assignment failed, skipping instead: {error}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget_partitions(&mut self, list: &[kafka::TopicPartition]) {
+        if let Some(kafka) = self.kafka.as_mut() {
+            for tp in list {
+                kafka.cursors.remove(tp);
+            }
+        }
     }
 
     fn skip(&mut self, origin: Origin, seq: i64) {
@@ -670,9 +885,17 @@ impl Dispatcher {
                 .map(|(seq, _)| seq - 1)
                 .unwrap_or(t.fetched);
             if position > t.committed {
-                batch
-                    .positions
-                    .push((self.cfg.name.clone(), t.name.clone(), position));
+                match t.partition {
+                    None => batch
+                        .positions
+                        .push((self.cfg.name.clone(), t.name.clone(), position)),
+                    Some(partition) => batch.broker_positions.push((
+                        self.cfg.name.clone(),
+                        t.name.clone(),
+                        partition,
+                        position,
+                    )),
+                }
                 t.committed = position;
             }
         }
@@ -892,6 +1115,26 @@ pub async fn pin_positions(
             .await?;
     }
     Ok(positions)
+}
+
+/// The next Kafka record, or never without a subscription.
+async fn recv_kafka(
+    subscription: Option<&kafka::Subscription>,
+) -> crate::broker::Result<(cloudevents::Record, cloudevents::Position)> {
+    match subscription {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next rebalance, or never without a subscription.
+async fn recv_rebalance(
+    rebalances: Option<&mut mpsc::UnboundedReceiver<kafka::Rebalanced>>,
+) -> Option<kafka::Rebalanced> {
+    match rebalances {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn join_commit(

@@ -30,7 +30,11 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{BrokerKind, Config, HandlerConfig, PipelineConfig};
+use crate::broker::Publisher;
+use crate::broker::kafka::KafkaPublisher;
+use crate::config::{
+    BrokerConfig, BrokerKind, Config, DeadLetterMode, HandlerConfig, PipelineConfig,
+};
 use crate::runtime::{self, Handler, LoadedComponent, Runtime};
 use crate::store::{self, Batch, CommitReport, ManagedBy, Store};
 
@@ -320,6 +324,9 @@ struct Parts {
     runtime: Arc<Runtime>,
     signals: Signals,
     pipeline: PipelineConfig,
+    broker: BrokerConfig,
+    /// The producer of the external broker, if there is one.
+    publisher: Option<Arc<dyn Publisher>>,
     /// `None` once the pipeline is shutting down.
     committer: std::sync::Mutex<Option<Committer>>,
 }
@@ -354,14 +361,16 @@ impl Pipeline {
         runtime: Arc<Runtime>,
         signals: Signals,
     ) -> Result<Self> {
-        if config.broker.kind != BrokerKind::Embedded {
-            // The Kafka publisher and the relay to it exist (broker::kafka,
-            // relay::run_to_broker); consuming handlers' topics from Kafka
-            // does not yet, and half a broker would split the event flow.
-            return Err(Error::Unsupported(
-                "[broker] kind = \"kafka\": consuming from Kafka is not implemented yet; use the embedded broker".into(),
-            ));
+        for handler in &config.handlers {
+            check_broker_support(handler, &config.broker)?;
         }
+        let publisher: Option<Arc<dyn Publisher>> = match config.broker.kind {
+            BrokerKind::Embedded => None,
+            BrokerKind::Kafka => Some(Arc::new(
+                KafkaPublisher::new(&config.broker)
+                    .map_err(|e| Error::Unsupported(format!("kafka producer: {e}")))?,
+            )),
+        };
         for t in &config.topics {
             store.ensure_topic(&t.name, t.partitions).await?;
         }
@@ -377,6 +386,8 @@ impl Pipeline {
                 runtime,
                 signals: signals.clone(),
                 pipeline: config.pipeline.clone(),
+                broker: config.broker.clone(),
+                publisher: publisher.clone(),
                 committer: std::sync::Mutex::new(Some(committer)),
             },
             slots: std::sync::Mutex::new(BTreeMap::new()),
@@ -409,14 +420,27 @@ impl Pipeline {
             };
             pipeline.install(handler, component).await?;
         }
-        lock(&pipeline.tasks).push(tokio::spawn(relay::run(
-            store.clone(),
-            signals.clone(),
-            config.pipeline.relay_batch,
-            config.pipeline.default_partitions,
-            Duration::from_millis(config.pipeline.poll_interval_ms),
-            shutdown_rx,
-        )));
+        let relay = match publisher {
+            None => tokio::spawn(relay::run(
+                store.clone(),
+                signals.clone(),
+                config.pipeline.relay_batch,
+                config.pipeline.default_partitions,
+                Duration::from_millis(config.pipeline.poll_interval_ms),
+                shutdown_rx,
+            )),
+            Some(publisher) => tokio::spawn(relay::run_to_broker(
+                store.clone(),
+                publisher,
+                signals.clone(),
+                config.pipeline.relay_batch,
+                Duration::from_millis(config.pipeline.poll_interval_ms),
+                // This instance, for the relay lease.
+                uuid::Uuid::new_v4().to_string(),
+                shutdown_rx,
+            )),
+        };
+        lock(&pipeline.tasks).push(relay);
         // Anything appended before start (or by another process) is picked
         // up by the dispatchers' first read; nudge the relay once too.
         signals.relay.notify_one();
@@ -468,21 +492,45 @@ impl Pipeline {
             .handler(&config.name, component, config.limits.clone());
         let (version, version_rx) = watch::channel(bound);
         let (stop, stop_rx) = watch::channel(false);
-        let dispatcher = dispatcher::Dispatcher::new(
-            config.clone(),
-            version_rx,
-            self.parts.store.clone(),
-            committer,
-            self.parts.signals.clone(),
-            stats,
-            &self.parts.pipeline,
-        )
-        .await?;
+        let dispatcher = match self.parts.broker.kind {
+            BrokerKind::Embedded => {
+                dispatcher::Dispatcher::new(
+                    config.clone(),
+                    version_rx,
+                    self.parts.store.clone(),
+                    committer,
+                    self.parts.signals.clone(),
+                    stats,
+                    &self.parts.pipeline,
+                )
+                .await?
+            }
+            BrokerKind::Kafka => dispatcher::Dispatcher::with_kafka(
+                config.clone(),
+                version_rx,
+                self.parts.store.clone(),
+                committer,
+                self.parts.signals.clone(),
+                stats,
+                &self.parts.pipeline,
+                &self.parts.broker,
+            )
+            .await
+            .map_err(|e| {
+                Error::Unsupported(format!("handler {}: kafka consumer: {e}", config.name))
+            })?,
+        };
         Ok(Running {
             version,
             stop,
             task: tokio::spawn(dispatcher.run(stop_rx)),
         })
+    }
+
+    /// The producer of the external broker (Kafka), if events go there
+    /// instead of the embedded log.
+    pub fn publisher(&self) -> Option<Arc<dyn Publisher>> {
+        self.parts.publisher.clone()
     }
 
     /// The counters of `handler`, if it is known here.
@@ -582,6 +630,7 @@ impl Pipeline {
         if self.is_declared(&name) {
             return Err(Error::ManagedByConfig(name));
         }
+        check_broker_support(&config, &self.parts.broker)?;
         let _change = self.changes.lock().await;
         let value = serde_json::to_value(&config)
             .map_err(|e| store::Error::Corrupt(format!("handler {name} config: {e}")))?;
@@ -716,6 +765,18 @@ impl Pipeline {
             })?;
         Ok(compile(&self.parts.runtime, handler, bytes).await?.0)
     }
+}
+
+/// Refuses what the broker cannot do yet: parking keys keeps held-back
+/// events as references into the embedded log.
+fn check_broker_support(handler: &HandlerConfig, broker: &BrokerConfig) -> Result<()> {
+    if broker.kind == BrokerKind::Kafka && handler.on_dead_letter == DeadLetterMode::Park {
+        return Err(Error::Unsupported(format!(
+            "handler {}: on_dead_letter = \"park\" needs the embedded broker for now; use \"continue\" with Kafka",
+            handler.name
+        )));
+    }
+    Ok(())
 }
 
 /// Stops a dispatcher and waits until its running invocations finished and
