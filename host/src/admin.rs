@@ -109,6 +109,11 @@ impl From<pipeline::Error> for ApiError {
                     "handler {name} is declared in the host's configuration file, which owns it: change it there"
                 ),
             ),
+            pipeline::Error::Broker(e) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                e.to_string(),
+            ),
             pipeline::Error::Unsupported(detail) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "unsupported", detail)
             }

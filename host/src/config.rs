@@ -129,6 +129,13 @@ pub struct BrokerConfig {
     /// Topic that dead-letter entries are also produced to (with the error
     /// in headers).
     pub dead_letter_topic: String,
+    /// Create missing topics: those handlers subscribe to, at start, and
+    /// those events are published to, on first use (with
+    /// `pipeline.default_partitions`, or the partitions of `[[topics]]`).
+    /// Turn off where topics are managed elsewhere.
+    pub create_topics: bool,
+    /// Replication factor of the topics created.
+    pub replication_factor: i32,
     /// Extra librdkafka properties for producers and consumers
     /// (`security.protocol`, `sasl.*`, ...).
     pub properties: std::collections::BTreeMap<String, String>,
@@ -141,6 +148,8 @@ impl Default for BrokerConfig {
             brokers: "127.0.0.1:9092".into(),
             group_prefix: "sluice".into(),
             dead_letter_topic: "sluice.dlq".into(),
+            create_topics: true,
+            replication_factor: 1,
             properties: Default::default(),
         }
     }

@@ -108,7 +108,7 @@ async fn published_events_come_back_equal_and_in_key_order() {
             ..event(i)
         })
         .collect();
-    let publisher = KafkaPublisher::new(&config).unwrap();
+    let publisher = KafkaPublisher::new(&config, 3).unwrap();
     publisher.publish(&events[..25]).await.unwrap();
     publisher.publish(&events[25..]).await.unwrap();
 
@@ -230,7 +230,7 @@ async fn relay_publishes_each_outbox_row_once(store_url: String, brokers: String
         .map(|holder| {
             tokio::spawn(relay::run_to_broker(
                 store.clone(),
-                std::sync::Arc::new(KafkaPublisher::new(&config).unwrap()),
+                std::sync::Arc::new(KafkaPublisher::new(&config, 3).unwrap()),
                 signals.clone(),
                 7,
                 Duration::from_millis(50),

@@ -29,11 +29,49 @@ pub fn client_config(config: &BrokerConfig) -> ClientConfig {
 /// other Kafka clients put it.
 pub struct KafkaPublisher {
     producer: FutureProducer,
+    config: BrokerConfig,
+    /// Partitions of topics created on first use.
+    partitions: i32,
+    /// Topics known to exist (created or checked by this producer).
+    known_topics: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Creates those of `topics` that do not exist (`partitions` each, or the
+/// count given per topic).
+pub async fn ensure_topics(config: &BrokerConfig, topics: &[(String, i32)]) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::types::RDKafkaErrorCode;
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<_> = client_config(config).create()?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(name, partitions)| {
+            NewTopic::new(
+                name,
+                (*partitions).max(1),
+                TopicReplication::Fixed(config.replication_factor.max(1)),
+            )
+        })
+        .collect();
+    for result in admin.create_topics(&new, &AdminOptions::new()).await? {
+        match result {
+            Ok(topic) => tracing::info!(%topic, "kafka topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(Error::Kafka(rdkafka::error::KafkaError::AdminOp(code)))
+                    .inspect_err(|_| tracing::error!(%topic, "cannot create kafka topic: {code}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl KafkaPublisher {
-    /// Creates the producer (it connects lazily).
-    pub fn new(config: &BrokerConfig) -> Result<Self> {
+    /// Creates the producer (it connects lazily); topics created on first
+    /// use get `partitions` partitions.
+    pub fn new(config: &BrokerConfig, partitions: u32) -> Result<Self> {
         let producer = client_config(config)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -41,20 +79,16 @@ impl KafkaPublisher {
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000")
             .create()?;
-        Ok(Self { producer })
+        Ok(Self {
+            producer,
+            config: config.clone(),
+            partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
+            known_topics: Default::default(),
+        })
     }
 
-    /// Waits (bounded) until queued records are delivered.
-    pub fn flush(&self, timeout: Duration) -> Result<()> {
-        Ok(self.producer.flush(timeout)?)
-    }
-}
-
-#[async_trait::async_trait]
-impl Publisher for KafkaPublisher {
-    /// Every event is acknowledged by all in-sync replicas before this
-    /// returns.
-    async fn publish(&self, events: &[Event]) -> Result<()> {
+    /// Sends `events` and waits for every acknowledgement.
+    async fn send_all(&self, events: &[Event]) -> Result<()> {
         let mut deliveries = Vec::with_capacity(events.len());
         for event in events {
             let record = cloudevents::encode(event);
@@ -99,6 +133,11 @@ impl Publisher for KafkaPublisher {
             }
         }
         Ok(())
+    }
+
+    /// Waits (bounded) until queued records are delivered.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        Ok(self.producer.flush(timeout)?)
     }
 }
 
@@ -239,5 +278,35 @@ impl Subscription {
         }
         self.consumer.commit(&list, CommitMode::Async)?;
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for KafkaPublisher {
+    /// Every event is acknowledged by all in-sync replicas before this
+    /// returns. Topics not seen before are created first if allowed
+    /// (a producer would otherwise wait for them until its timeout).
+    async fn publish(&self, events: &[Event]) -> Result<()> {
+        if self.config.create_topics {
+            let new: Vec<(String, i32)> = {
+                let known = self.known_topics.lock().unwrap_or_else(|e| e.into_inner());
+                let mut new: Vec<(String, i32)> = events
+                    .iter()
+                    .filter(|e| !known.contains(&e.topic))
+                    .map(|e| (e.topic.clone(), self.partitions))
+                    .collect();
+                new.sort();
+                new.dedup();
+                new
+            };
+            if !new.is_empty() {
+                ensure_topics(&self.config, &new).await?;
+                self.known_topics
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(new.into_iter().map(|(name, _)| name));
+            }
+        }
+        self.send_all(events).await
     }
 }

@@ -61,6 +61,9 @@ pub enum Error {
     /// The pipeline is shutting down.
     #[error("the pipeline is shutting down")]
     Stopping,
+    /// The external broker failed.
+    #[error(transparent)]
+    Broker(#[from] crate::broker::Error),
     /// The configuration asks for something this host cannot do.
     #[error("unsupported configuration: {0}")]
     Unsupported(String),
@@ -366,11 +369,27 @@ impl Pipeline {
         }
         let publisher: Option<Arc<dyn Publisher>> = match config.broker.kind {
             BrokerKind::Embedded => None,
-            BrokerKind::Kafka => Some(Arc::new(
-                KafkaPublisher::new(&config.broker)
-                    .map_err(|e| Error::Unsupported(format!("kafka producer: {e}")))?,
-            )),
+            BrokerKind::Kafka => Some(Arc::new(KafkaPublisher::new(
+                &config.broker,
+                config.pipeline.default_partitions,
+            )?)),
         };
+        if config.broker.kind == BrokerKind::Kafka && config.broker.create_topics {
+            let mut topics: Vec<(String, i32)> = config
+                .topics
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.clone(),
+                        i32::try_from(t.partitions).unwrap_or(i32::MAX),
+                    )
+                })
+                .collect();
+            for handler in &config.handlers {
+                topics.extend(kafka_topics(handler, config));
+            }
+            ensure_topics(&config.broker, &dedup(topics)).await?;
+        }
         for t in &config.topics {
             store.ensure_topic(&t.name, t.partitions).await?;
         }
@@ -631,6 +650,16 @@ impl Pipeline {
             return Err(Error::ManagedByConfig(name));
         }
         check_broker_support(&config, &self.parts.broker)?;
+        if self.parts.broker.kind == BrokerKind::Kafka && self.parts.broker.create_topics {
+            let partitions =
+                i32::try_from(self.parts.pipeline.default_partitions).unwrap_or(i32::MAX);
+            let topics = config
+                .topics
+                .iter()
+                .map(|t| (t.clone(), partitions))
+                .collect();
+            ensure_topics(&self.parts.broker, &dedup(topics)).await?;
+        }
         let _change = self.changes.lock().await;
         let value = serde_json::to_value(&config)
             .map_err(|e| store::Error::Corrupt(format!("handler {name} config: {e}")))?;
@@ -765,6 +794,35 @@ impl Pipeline {
             })?;
         Ok(compile(&self.parts.runtime, handler, bytes).await?.0)
     }
+}
+
+/// The Kafka topics a configured handler subscribes to, with the
+/// partitions to create them with.
+fn kafka_topics(handler: &HandlerConfig, config: &Config) -> Vec<(String, i32)> {
+    handler
+        .topics
+        .iter()
+        .map(|name| {
+            let partitions = config
+                .topics
+                .iter()
+                .find(|t| &t.name == name)
+                .map_or(config.pipeline.default_partitions, |t| t.partitions);
+            (name.clone(), i32::try_from(partitions).unwrap_or(i32::MAX))
+        })
+        .collect()
+}
+
+/// One entry per topic name (the first wins).
+fn dedup(mut topics: Vec<(String, i32)>) -> Vec<(String, i32)> {
+    let mut seen = HashSet::new();
+    topics.retain(|(name, _)| seen.insert(name.clone()));
+    topics
+}
+
+/// Creates missing Kafka topics; a failure is the broker's.
+async fn ensure_topics(broker: &BrokerConfig, topics: &[(String, i32)]) -> Result<()> {
+    Ok(crate::broker::kafka::ensure_topics(broker, topics).await?)
 }
 
 /// Refuses what the broker cannot do yet: parking keys keeps held-back
