@@ -447,7 +447,14 @@ impl Dispatcher {
             self.skip(Origin::Log(t), seq);
             return;
         }
-        if processed || self.inflight_ids.contains(&event.id) {
+        // A copy of an event in flight here is skipped on the embedded log,
+        // where the original's cursor holds the position back. A Kafka
+        // partition read again after a rebalance has a new cursor that
+        // knows nothing of the original: the copy queues behind it (same
+        // key) and commits as a duplicate, so the position cannot pass an
+        // event whose outcome is not durable yet.
+        let embedded = self.topics[t].partition.is_none();
+        if processed || (embedded && self.inflight_ids.contains(&event.id)) {
             tracing::debug!(handler = %self.cfg.name, event = %event.id, "duplicate skipped");
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             self.skip(Origin::Log(t), seq);
@@ -555,9 +562,19 @@ impl Dispatcher {
     /// instance also ran commits once (the processed record decides).
     async fn rebalanced(&mut self, change: kafka::Rebalanced) {
         let (kafka::Rebalanced::Assigned(list) | kafka::Rebalanced::Revoked(list)) = &change;
+        let retired: HashSet<usize> = self
+            .kafka
+            .as_ref()
+            .map(|k| {
+                list.iter()
+                    .filter_map(|tp| k.cursors.get(tp).copied())
+                    .collect()
+            })
+            .unwrap_or_default();
         self.forget_partitions(list);
-        self.state_cache.clear();
-        self.state_cache_bytes = 0;
+        if let kafka::Rebalanced::Revoked(_) = &change {
+            self.abandon(&retired);
+        }
         if let kafka::Rebalanced::Assigned(list) = change {
             for (topic, partition) in list {
                 let stored = self
@@ -576,6 +593,55 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    /// Drops the items of cursors `retired` (partitions given up) that have
+    /// not started: the partition's new owner runs them, in order, after
+    /// what is running here now (at most one per key, which commits once
+    /// whoever finishes first). Their cursors never move past them.
+    fn abandon(&mut self, retired: &HashSet<usize>) {
+        if retired.is_empty() {
+            return;
+        }
+        let dropped = |item: &Item| matches!(item.origin, Origin::Log(t) if retired.contains(&t));
+        let mut released = Vec::new();
+        for queue in self.keys.values_mut() {
+            queue.retain(|item| {
+                let keep = !dropped(item);
+                if !keep {
+                    self.inflight_ids.remove(&item.record.event.id);
+                }
+                keep
+            });
+        }
+        let mut ready = VecDeque::with_capacity(self.ready.len());
+        for item in std::mem::take(&mut self.ready) {
+            if dropped(&item) {
+                released.push(item);
+            } else {
+                ready.push_back(item);
+            }
+        }
+        self.ready = ready;
+        let waiting: Vec<u64> = self
+            .timer_items
+            .iter()
+            .filter(|(_, item)| dropped(item))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            if let Some(item) = self.timer_items.remove(&id) {
+                released.push(item);
+            }
+        }
+        // Each of these held its key: pass the key on.
+        for item in released {
+            self.inflight_ids.remove(&item.record.event.id);
+            if let Some(key) = &item.record.event.key {
+                self.release(key);
+            }
+        }
+        tracing::info!(handler = %self.cfg.name, "work of revoked partitions abandoned to their new owner");
     }
 
     fn forget_partitions(&mut self, list: &[kafka::TopicPartition]) {
@@ -685,6 +751,11 @@ impl Dispatcher {
     }
 
     fn cache_state(&mut self, key: String, state: StateMap) {
+        // With Kafka, other instances own a key's partition in turn and
+        // write its state: only the store is exact, so nothing is cached.
+        if self.kafka.is_some() {
+            return;
+        }
         let bytes = state_bytes(&key, &state);
         if self.state_cache_bytes + bytes > STATE_CACHE_BYTES {
             // Crude but bounded: start over rather than track recency.
