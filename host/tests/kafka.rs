@@ -10,14 +10,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sluice::broker::Publisher;
 use sluice::broker::cloudevents::{self, Position, Record};
-use sluice::broker::kafka::{KafkaPublisher, client_config};
+use sluice::broker::kafka::{KafkaPublisher, client_config, record_of};
 use sluice::config::BrokerConfig;
 use sluice::event::Event;
 
@@ -66,27 +64,7 @@ async fn consume(config: &BrokerConfig, topic: &str, count: usize) -> Vec<(Recor
         let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else {
             continue;
         };
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push((
-            Record {
-                topic: m.topic().to_owned(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().unwrap_or_default().to_vec(),
-                headers,
-            },
-            Position {
-                partition: m.partition(),
-                offset: m.offset(),
-                timestamp_ms: m.timestamp().to_millis(),
-            },
-        ));
+        out.push(record_of(&m));
     }
     out
 }

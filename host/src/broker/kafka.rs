@@ -141,6 +141,32 @@ impl KafkaPublisher {
     }
 }
 
+/// A consumed message in neutral form, and where it was.
+pub fn record_of<M: rdkafka::Message>(m: &M) -> (cloudevents::Record, cloudevents::Position) {
+    use rdkafka::message::Headers;
+    let headers = m
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        cloudevents::Record {
+            topic: m.topic().to_owned(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().unwrap_or_default().to_vec(),
+            headers,
+        },
+        cloudevents::Position {
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+        },
+    )
+}
+
 /// A partition of a topic.
 pub type TopicPartition = (String, i32);
 
@@ -225,30 +251,7 @@ impl Subscription {
 
     /// The next record and where it was.
     pub async fn recv(&self) -> Result<(cloudevents::Record, cloudevents::Position)> {
-        use rdkafka::Message;
-        use rdkafka::message::Headers;
-        let m = self.consumer.recv().await?;
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok((
-            cloudevents::Record {
-                topic: m.topic().to_owned(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().unwrap_or_default().to_vec(),
-                headers,
-            },
-            cloudevents::Position {
-                partition: m.partition(),
-                offset: m.offset(),
-                timestamp_ms: m.timestamp().to_millis(),
-            },
-        ))
+        Ok(record_of(&self.consumer.recv().await?))
     }
 
     /// Continues `partition` of `topic` at `offset` (asynchronously:
