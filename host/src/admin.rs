@@ -631,6 +631,9 @@ async fn handler_json(state: &AppState, record: store::HandlerRecord) -> ApiResu
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "running": running,
+        // What this instance runs now; every instance converges on the
+        // active version within a second (a shared store's notices).
+        "running_digest": pipeline.and_then(|p| p.active_digest(&record.name)),
         "stats": stats,
         "lag": lag,
     }))

@@ -126,8 +126,9 @@ pub struct BrokerConfig {
     /// Prefix of consumer group names: a handler consumes in the group
     /// `{group_prefix}.{handler}`, shared by every host instance.
     pub group_prefix: String,
-    /// Topic that dead-letter entries are also produced to (with the error
-    /// in headers).
+    /// Topic that dead-letter entries are also produced to, through the
+    /// outbox, with what failed in `ce_dlq*` headers (see
+    /// [`crate::store::dead_letter_event`]); empty: not produced.
     pub dead_letter_topic: String,
     /// Create missing topics: those handlers subscribe to, at start, and
     /// those events are published to, on first use (with

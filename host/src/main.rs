@@ -340,6 +340,10 @@ async fn run_host(args: RunArgs) -> anyhow::Result<ExitCode> {
     let signals = Signals::new();
     let pipeline =
         Arc::new(Pipeline::start(&config, store.clone(), runtime, signals.clone()).await?);
+    pipeline
+        .follow_store()
+        .await
+        .context("listening for the store's notices")?;
     let listener = tokio::net::TcpListener::bind(config.admin.addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.admin.addr))?;

@@ -104,7 +104,8 @@ pub fn document() -> Value {
                             "size": {"type": "integer"}, "uploaded_at": {"type": "integer"}}}},
                         "created_at": {"type": "integer"}, "updated_at": {"type": "integer"},
                         "running": {"type": "boolean"},
-                        "stats": {"type": ["object", "null"], "description": "processed, failed, duplicates, filtered, retries, dead_lettered, parked, in_flight"},
+                        "running_digest": {"type": ["string", "null"], "description": "The version (component digest) this instance runs now."},
+                        "stats": {"type": ["object", "null"], "description": "processed, failed, duplicates, partitions (Kafka partitions owned here), fenced (outcomes left to the instance that claimed their partition), filtered, retries, dead_lettered, parked, in_flight"},
                         "lag": {"type": "object", "additionalProperties": {"type": "integer"}}
                     }
                 },

@@ -245,6 +245,7 @@ async fn dlq_endpoints() {
                     at: 1,
                 }],
                 park: false,
+                publish_to: None,
             }],
             ..Default::default()
         })

@@ -10,10 +10,13 @@
 // Test helpers panic on purpose: a failed setup is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use common::{Host, free_port, wait_healthy, workspace};
 
 use serde_json::{Value, json};
 
@@ -22,72 +25,6 @@ const EVENTS: u64 = 1200;
 const BATCH: u64 = 20;
 /// How long each incarnation of the host lives before SIGKILL, in ms.
 const LIFETIMES_MS: &[u64] = &[700, 350, 1100, 200, 900, 500, 1500, 300];
-
-fn workspace() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Host {
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Host {
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env("SLUICE_LOG", "info")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap(); // SIGKILL on Unix
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-async fn wait_healthy(client: &reqwest::Client, base: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "the host did not come up:\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
 
 fn input(i: u64) -> Value {
     json!({
@@ -167,11 +104,7 @@ types = ["step.b"]
         ),
     )
     .unwrap();
-    let mut host = Host {
-        config,
-        log: dir.path().join("host.log"),
-        child: None,
-    };
+    let mut host = Host::new(config, dir.path().join("host.log"));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

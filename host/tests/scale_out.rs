@@ -8,10 +8,13 @@
 // Test helpers panic on purpose: a failed setup is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use common::{Host, free_port, wait_healthy, workspace};
 
 use serde_json::{Value, json};
 
@@ -19,23 +22,10 @@ const KEYS: u64 = 12;
 const EVENTS: u64 = 600;
 const BATCH: u64 = 30;
 
-fn workspace() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One `sluice run` process.
+/// One `sluice run` process with its own admin port.
 struct Instance {
     base: String,
-    log: PathBuf,
-    child: Option<Child>,
+    host: Host,
 }
 
 impl Instance {
@@ -47,50 +37,16 @@ impl Instance {
             format!("[admin]\naddr = \"127.0.0.1:{port}\"\n{shared}"),
         )
         .unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("SLUICE_LOG", "info")
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .unwrap();
+        let mut host = Host::new(config, dir.join(format!("{name}.log")));
+        host.spawn();
         Instance {
             base: format!("http://127.0.0.1:{port}"),
-            log,
-            child: Some(child),
+            host,
         }
     }
 
     async fn wait_healthy(&self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(r) = client.get(format!("{}/healthz", self.base)).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "instance did not start:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap(); // SIGKILL on Unix
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.kill();
+        wait_healthy(client, &self.base, &self.host.log).await;
     }
 }
 
@@ -115,13 +71,7 @@ async fn state_list(
         .unwrap_or_default()
 }
 
-// Known failures, measured on tansu 0.6.0 (see the session notes): with a
-// third instance joining, a key's state list lost entries (e.g. 16 and 17
-// of 0..49 missing, later ones present): a rebalance still lets an update
-// computed from stale state commit. After a SIGKILL, the survivor's
-// rebalance 45 s later left the dead member's partitions unassigned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: lost updates across rebalances between instances; see the notes"]
 async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
     let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
         return;
@@ -173,7 +123,7 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
         if batches == EVENTS / BATCH / 3 {
             // Mid-stream: B dies without a chance to clean up.
             tokio::time::sleep(Duration::from_millis(300)).await;
-            b.kill();
+            b.host.kill();
         }
         if batches == 2 * EVENTS / BATCH / 3 {
             // A third instance joins: the partitions are dealt again.
@@ -216,7 +166,7 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
             }
         }
     }
-    assert!(b.child.is_none(), "B was killed");
+    assert!(b.host.child.is_none(), "B was killed");
     // The work was shared: the surviving instances both processed events.
     let c = c.expect("C joined");
     let mut processed = Vec::new();
@@ -237,4 +187,163 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
     }
     eprintln!("processed by first on A and C: {processed:?}");
     assert!(processed.iter().all(|n| *n > 0), "{processed:?}");
+}
+
+/// Polls `{base}/v1/handlers/{handler}` until `running_digest` is `digest`;
+/// returns how long it took.
+async fn until_running(
+    client: &reqwest::Client,
+    instance: &Instance,
+    handler: &str,
+    digest: &str,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let h: Value = client
+            .get(format!("{}/v1/handlers/{handler}", instance.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if h["running_digest"] == digest {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{handler} never ran {digest} here: {h}\n{}",
+            instance.host.output()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A handler created, uploaded, activated, rolled back and deleted through
+/// one instance's API runs (and stops) on the other instance too, without
+/// a restart: PostgreSQL notices carry the registry changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_changes_reach_every_instance() {
+    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+        return;
+    };
+    let Some(database) = sluice::store::postgres_test_database().await else {
+        return;
+    };
+    let built = sluice::harness::build_components(
+        workspace(),
+        &["chain", "chain-v2"],
+        &workspace().join("target").join("guests"),
+    )
+    .unwrap();
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let input = format!("registry-{run}");
+    let dir = tempfile::tempdir().unwrap();
+    let shared = format!(
+        "[store]\nurl = \"{database}\"\n\
+         [broker]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ngroup_prefix = \"registry-{run}\"\n\
+         [pipeline]\npoll_interval_ms = 100\n\
+         [[topics]]\nname = \"{input}\"\npartitions = 4\n"
+    );
+    let client = reqwest::Client::new();
+    let a = Instance::start(dir.path(), "a", &shared);
+    a.wait_healthy(&client).await;
+    let b = Instance::start(dir.path(), "b", &shared);
+    b.wait_healthy(&client).await;
+
+    let r = client
+        .put(format!("{}/v1/handlers/h", a.base))
+        .json(&json!({"topics": [input], "types": ["step.a"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let mut digests = Vec::new();
+    let mut took = Vec::new();
+    for path in &built {
+        let r = client
+            .post(format!("{}/v1/handlers/h/versions?activate=true", a.base))
+            .header("content-type", "application/wasm")
+            .body(std::fs::read(path).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        let digest = v["digest"].as_str().unwrap().to_owned();
+        took.push(until_running(&client, &b, "h", &digest).await);
+        digests.push(digest);
+    }
+    // Rollback through A: B follows.
+    let r = client
+        .post(format!("{}/v1/handlers/h/activate", a.base))
+        .json(&json!({"version": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    took.push(until_running(&client, &b, "h", &digests[0]).await);
+    eprintln!("activation on A running on B after: {took:?}");
+
+    // Both instances now run it and share the partitions.
+    let events: Vec<Value> = (0..200)
+        .map(|i| json!({"id": format!("{run}-{i}"), "type": "step.a", "key": format!("{run}-k{}", i % 8), "data": {"n": i / 8}}))
+        .collect();
+    let r = client
+        .post(format!("{}/v1/topics/{input}/events", a.base))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let expected: Vec<u64> = (0..25).collect();
+    for k in 0..8 {
+        let key = format!("{run}-k{k}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = state_list(&client, &a.base, "h", &key, "a").await;
+            if got == expected {
+                break;
+            }
+            assert!(expected.starts_with(&got), "{key}: {got:?}");
+            assert!(Instant::now() < deadline, "{key}: {got:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut processed = Vec::new();
+    for i in [&a, &b] {
+        let h: Value = client
+            .get(format!("{}/v1/handlers/h", i.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        processed.push(h["stats"]["processed"].as_u64().unwrap());
+    }
+    assert_eq!(processed.iter().sum::<u64>(), 200, "{processed:?}");
+    assert!(
+        processed.iter().all(|n| *n > 0),
+        "{processed:?}\n--- a\n{}\n--- b\n{}",
+        a.host.output(),
+        b.host.output()
+    );
+
+    // Deleted through A: B stops it too.
+    let r = client
+        .delete(format!("{}/v1/handlers/h", a.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !b
+        .host
+        .output()
+        .contains("handler removed by another instance")
+    {
+        assert!(Instant::now() < deadline, "{}", b.host.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

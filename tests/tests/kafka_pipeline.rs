@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, OwnedMessage};
 use serde_json::json;
 use sluice::broker::kafka::client_config;
 use sluice::config::{BrokerConfig, BrokerKind, Config, HandlerConfig, RetryPolicy};
@@ -53,34 +54,61 @@ async fn ensure_topics(broker: &BrokerConfig, topics: &[&str]) {
     let _ = admin.create_topics(&new, &AdminOptions::new()).await;
 }
 
-/// Output events of this run (keys with `prefix`), as key -> numbers, read
-/// from the beginning of `out` until `count` arrived.
-async fn read_out(broker: &BrokerConfig, prefix: &str, count: usize) -> BTreeMap<String, Vec<u64>> {
+/// The first `count` records of `topic` that `keep` keeps, read from the
+/// beginning.
+async fn read_topic(
+    broker: &BrokerConfig,
+    topic: &str,
+    count: usize,
+    keep: impl Fn(&OwnedMessage) -> bool,
+) -> Vec<OwnedMessage> {
     let consumer: StreamConsumer = client_config(broker)
         .set("group.id", format!("reader-{}", uuid::Uuid::now_v7()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    consumer.subscribe(&["out"]).unwrap();
-    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    let mut seen = 0;
+    consumer.subscribe(&[topic]).unwrap();
+    let mut kept = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while seen < count {
-        assert!(Instant::now() < deadline, "{seen} of {count} output events");
+    while kept.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} records of {topic}",
+            kept.len()
+        );
         let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(5), consumer.recv()).await else {
             continue;
         };
-        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-        if !key.starts_with(prefix) {
-            continue;
+        let m = m.detach();
+        if keep(&m) {
+            kept.push(m);
         }
+    }
+    kept
+}
+
+fn key_of(m: &OwnedMessage) -> String {
+    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned()
+}
+
+fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    m.headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+}
+
+/// Output events of this run (keys with `prefix`), as key -> numbers, read
+/// from the beginning of `out` until `count` arrived.
+async fn read_out(broker: &BrokerConfig, prefix: &str, count: usize) -> BTreeMap<String, Vec<u64>> {
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for m in read_topic(broker, "out", count, |m| key_of(m).starts_with(prefix)).await {
         let n = serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or_default())
             .unwrap()["n"]
             .as_u64()
             .unwrap();
-        out.entry(key).or_default().push(n);
-        seen += 1;
+        out.entry(key_of(&m)).or_default().push(n);
     }
     out
 }
@@ -102,6 +130,7 @@ async fn chain_through_kafka(store_url: String, brokers: String) {
         kind: BrokerKind::Kafka,
         brokers,
         group_prefix: format!("test-{run}"),
+        dead_letter_topic: format!("dlq-{run}"),
         ..BrokerConfig::default()
     };
     ensure_topics(&broker, &[&input, "mid", "out"]).await;
@@ -110,7 +139,7 @@ async fn chain_through_kafka(store_url: String, brokers: String) {
     config.broker = broker.clone();
     config.pipeline.poll_interval_ms = 100;
     config.handlers = vec![
-        handler("first", &[&input], &["step.a"]),
+        handler("first", &[&input], &["step.a", "poison"]),
         handler("second", &["mid"], &["step.b"]),
     ];
     let store = store::open(&config.store.url, &StoreOptions::default())
@@ -150,6 +179,16 @@ async fn chain_through_kafka(store_url: String, brokers: String) {
     publisher.publish(&events[100..]).await.unwrap();
     // Redelivery: some of the first half again (same ids).
     publisher.publish(&events[40..60]).await.unwrap();
+    // Poison: dead-lettered, and produced to the dead-letter topic.
+    let poison: Vec<Event> = (0..3)
+        .map(|i| Event {
+            id: format!("{run}-poison-{i}"),
+            ty: "poison".into(),
+            key: Some(format!("{run}-p")),
+            ..events[0].clone()
+        })
+        .collect();
+    publisher.publish(&poison).await.unwrap();
 
     let out = read_out(&broker, &run, count as usize).await;
     let mut expected: BTreeMap<String, Vec<u64>> = BTreeMap::new();
@@ -169,6 +208,24 @@ async fn chain_through_kafka(store_url: String, brokers: String) {
             assert!(Instant::now() < deadline, "second: {key}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+    let dead = read_topic(&broker, &format!("dlq-{run}"), poison.len(), |_| true).await;
+    let mut ids: Vec<String> = dead
+        .iter()
+        .map(|m| header(m, "ce_dlqeventid").unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, poison.iter().map(|e| e.id.clone()).collect::<Vec<_>>());
+    for m in &dead {
+        assert_eq!(key_of(m), format!("{run}-p"));
+        assert_eq!(header(m, "ce_type").as_deref(), Some("poison"));
+        assert_eq!(header(m, "ce_dlqhandler").as_deref(), Some("first"));
+        assert_eq!(header(m, "ce_dlqtopic").as_deref(), Some(input.as_str()));
+        assert_eq!(header(m, "ce_dlqattempts").as_deref(), Some("1"));
+        let error = header(m, "ce_dlqerror").unwrap();
+        assert!(error.contains("poison event 0"), "{error}");
+        let entry = header(m, "ce_dlqid").unwrap();
+        assert_eq!(header(m, "ce_id"), Some(format!("dlq-first-{entry}")));
     }
     // Positions are in the store, per partition of the input topic.
     let positions = store.broker_positions("first", &input).await.unwrap();

@@ -1,11 +1,16 @@
 //! Kafka through rdkafka: an idempotent producer that publishes events in
 //! order and returns once the broker has acknowledged them all.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::sync::mpsc;
 
 use super::cloudevents;
 use super::{Error, Publisher, Result};
@@ -170,18 +175,45 @@ pub fn record_of<M: rdkafka::Message>(m: &M) -> (cloudevents::Record, cloudevent
 /// A partition of a topic.
 pub type TopicPartition = (String, i32);
 
-/// A change of the partitions this consumer owns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rebalanced {
-    /// These partitions are now ours.
-    Assigned(Vec<TopicPartition>),
+/// What a subscription delivers, in the order it happened: records, and
+/// the changes of the partitions this member owns between them. A record
+/// always follows the `Assigned` that gave its partition to this member.
+#[derive(Debug)]
+pub enum Input {
+    /// A consumed record and where it was.
+    Record(cloudevents::Record, cloudevents::Position),
+    /// These partitions are now ours, each with its claim (see
+    /// [`Claims`]): the position the store held when it was claimed (the
+    /// last offset done; the consumer starts right after it) and the
+    /// claim's epoch. Position `None`: nothing done yet, the consumer
+    /// starts at the group's committed offset or, without one, where
+    /// `auto.offset.reset` says.
+    Assigned(Vec<Assigned>),
     /// These partitions are no longer ours.
     Revoked(Vec<TopicPartition>),
 }
 
-/// Forwards rebalances to the dispatcher, which owns the positions.
-pub struct RebalanceContext {
-    events: tokio::sync::mpsc::UnboundedSender<Rebalanced>,
+/// An assigned partition, its stored position and its claim's epoch.
+pub type Assigned = (TopicPartition, Option<i64>, i64);
+
+/// Claims partitions of a topic in the store and reads their positions:
+/// partition → (last offset done, epoch); see
+/// [`crate::store::Store::claim_partitions`]. Called on the subscription's
+/// thread during a rebalance, so it may block.
+pub type Claims = Arc<
+    dyn Fn(&str, &[i32]) -> std::result::Result<HashMap<i32, (Option<i64>, i64)>, String>
+        + Send
+        + Sync,
+>;
+
+/// Gives each assigned partition its start offset from the store, inside
+/// the rebalance itself: the consumer never starts anywhere else, whatever
+/// offsets other members committed to Kafka, and no seek races the fetch.
+struct GroupContext {
+    inputs: mpsc::Sender<Input>,
+    claims: Claims,
+    stop: Arc<AtomicBool>,
+    handler: String,
 }
 
 fn partitions(list: &rdkafka::TopicPartitionList) -> Vec<TopicPartition> {
@@ -191,51 +223,133 @@ fn partitions(list: &rdkafka::TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
-impl rdkafka::client::ClientContext for RebalanceContext {}
+impl GroupContext {
+    /// Claims the partitions in `list`; retried while the store is
+    /// unreachable (nothing can be consumed without a claim). `None` when
+    /// the subscription stops meanwhile.
+    fn claim(&self, list: &[TopicPartition]) -> Option<Vec<Assigned>> {
+        let mut by_topic: HashMap<&str, Vec<i32>> = HashMap::new();
+        for (topic, partition) in list {
+            by_topic.entry(topic).or_default().push(*partition);
+        }
+        let mut assigned = Vec::with_capacity(list.len());
+        for (topic, partitions) in by_topic {
+            let claimed = loop {
+                match (self.claims)(topic, &partitions) {
+                    Ok(claimed) => break claimed,
+                    Err(error) => {
+                        if self.stop.load(Ordering::Relaxed) {
+                            return None;
+                        }
+                        tracing::error!(handler = %self.handler, %topic, "claiming assigned partitions failed, retrying: {error}");
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+            };
+            for partition in partitions {
+                let (position, epoch) = claimed.get(&partition).copied().unwrap_or((None, 0));
+                assigned.push(((topic.to_owned(), partition), position, epoch));
+            }
+        }
+        Some(assigned)
+    }
 
-impl rdkafka::consumer::ConsumerContext for RebalanceContext {
-    fn post_rebalance(
+    fn assign(
         &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &rdkafka::consumer::Rebalance<'_>,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut rdkafka::TopicPartitionList,
+        cooperative: bool,
+    ) -> rdkafka::error::KafkaResult<()> {
+        use rdkafka::consumer::Consumer;
+        let Some(assigned) = self.claim(&partitions(tpl)) else {
+            return Ok(());
+        };
+        for ((topic, partition), stored, _) in &assigned {
+            if let Some(done) = stored {
+                tpl.set_partition_offset(topic, *partition, rdkafka::Offset::Offset(done + 1))?;
+            }
+        }
+        tracing::info!(handler = %self.handler, ?assigned, "kafka partitions assigned");
+        // Before the records: they come from later polls of this thread.
+        let _ = self.inputs.blocking_send(Input::Assigned(assigned));
+        if cooperative {
+            consumer.incremental_assign(tpl)
+        } else {
+            consumer.assign(tpl)
+        }
+    }
+}
+
+impl rdkafka::client::ClientContext for GroupContext {}
+
+impl rdkafka::consumer::ConsumerContext for GroupContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut rdkafka::TopicPartitionList,
     ) {
-        use rdkafka::consumer::Rebalance;
-        let event = match rebalance {
-            Rebalance::Assign(list) => Rebalanced::Assigned(partitions(list)),
-            Rebalance::Revoke(list) => Rebalanced::Revoked(partitions(list)),
-            Rebalance::Error(e) => {
-                tracing::error!("kafka rebalance failed: {e}");
-                return;
+        use rdkafka::consumer::{Consumer, RebalanceProtocol};
+        use rdkafka::types::RDKafkaRespErr;
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assign(consumer, tpl, cooperative)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked = partitions(tpl);
+                tracing::info!(handler = %self.handler, ?revoked, "kafka partitions revoked");
+                let _ = self.inputs.blocking_send(Input::Revoked(revoked));
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                let code: rdkafka::types::RDKafkaErrorCode = other.into();
+                tracing::error!(handler = %self.handler, "kafka rebalance failed: {code}");
+                let _ = self.inputs.blocking_send(Input::Revoked(partitions(tpl)));
+                consumer.unassign()
             }
         };
-        tracing::info!(?event, "kafka partitions rebalanced");
-        // The receiver is gone only while the dispatcher stops.
-        let _ = self.events.send(event);
+        if let Err(error) = result {
+            tracing::error!(handler = %self.handler, "kafka (un)assignment failed: {error}");
+        }
     }
 }
 
 /// A handler's consumer: one member of the group `{group_prefix}.{handler}`,
 /// which every host instance joins, so the partitions are shared among
-/// them. Offsets are not auto-committed: the store holds the positions
-/// (written with the outcomes), and they are also committed to Kafka after
-/// each outcome commit, so that standard lag tooling works.
+/// them. A thread of its own polls it and sends [`Input`]s in order. Offsets
+/// are not auto-committed: the store holds the positions (written with the
+/// outcomes); they are also committed to Kafka after each outcome commit,
+/// so that standard lag tooling works.
 pub struct Subscription {
-    consumer: rdkafka::consumer::StreamConsumer<RebalanceContext>,
+    consumer: Arc<BaseConsumer<GroupContext>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Subscription {
-    /// Joins the group and subscribes to `topics`. `from_earliest` decides
-    /// where a partition without a committed offset starts. Returns the
-    /// subscription and its stream of rebalances.
-    pub fn new(
+    /// Joins the group and subscribes to `topics`; `claims` claims the
+    /// partitions in the store on each assignment. `from_earliest` decides where
+    /// a partition without any position starts. `capacity` bounds the
+    /// records read ahead.
+    pub fn start(
         config: &BrokerConfig,
         handler: &str,
         topics: &[String],
         from_earliest: bool,
-    ) -> Result<(Self, tokio::sync::mpsc::UnboundedReceiver<Rebalanced>)> {
+        claims: Claims,
+        capacity: usize,
+    ) -> Result<(Self, mpsc::Receiver<Input>)> {
         use rdkafka::consumer::Consumer;
-        let (events, rebalances) = tokio::sync::mpsc::unbounded_channel();
-        let consumer: rdkafka::consumer::StreamConsumer<RebalanceContext> = client_config(config)
+        let (inputs, receiver) = mpsc::channel(capacity.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let consumer: BaseConsumer<GroupContext> = client_config(config)
             .set("group.id", format!("{}.{handler}", config.group_prefix))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -243,29 +357,42 @@ impl Subscription {
                 "auto.offset.reset",
                 if from_earliest { "earliest" } else { "latest" },
             )
-            .create_with_context(RebalanceContext { events })?;
+            .create_with_context(GroupContext {
+                inputs: inputs.clone(),
+                claims,
+                stop: stop.clone(),
+                handler: handler.to_owned(),
+            })?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
-        Ok((Self { consumer }, rebalances))
-    }
-
-    /// The next record and where it was.
-    pub async fn recv(&self) -> Result<(cloudevents::Record, cloudevents::Position)> {
-        Ok(record_of(&self.consumer.recv().await?))
-    }
-
-    /// Continues `partition` of `topic` at `offset` (asynchronously:
-    /// records already fetched may still arrive, and the caller skips
-    /// them).
-    pub fn seek(&self, topic: &str, partition: i32, offset: i64) -> Result<()> {
-        use rdkafka::consumer::Consumer;
-        self.consumer.seek(
-            topic,
-            partition,
-            rdkafka::Offset::Offset(offset),
-            Duration::ZERO,
-        )?;
-        Ok(())
+        let consumer = Arc::new(consumer);
+        let polled = consumer.clone();
+        let stopped = stop.clone();
+        let name = handler.to_owned();
+        std::thread::Builder::new()
+            .name(format!("kafka-{handler}"))
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    match polled.poll(Duration::from_millis(100)) {
+                        None => {}
+                        Some(Ok(m)) => {
+                            let (record, at) = record_of(&m);
+                            drop(m);
+                            if inputs.blocking_send(Input::Record(record, at)).is_err() {
+                                break;
+                            }
+                        }
+                        Some(Err(error)) => {
+                            tracing::warn!(handler = %name, "kafka: {error}");
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                    }
+                }
+                // Leave the group now, so the partitions move at once.
+                polled.unsubscribe();
+                let _ = polled.poll(Duration::from_millis(100));
+            })?;
+        Ok((Self { consumer, stop }, receiver))
     }
 
     /// Commits, asynchronously, the next offset to read of each partition,
@@ -281,6 +408,13 @@ impl Subscription {
         }
         self.consumer.commit(&list, CommitMode::Async)?;
         Ok(())
+    }
+}
+
+impl Drop for Subscription {
+    /// The polling thread leaves the group and ends.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

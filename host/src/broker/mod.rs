@@ -17,6 +17,9 @@ pub enum Error {
     /// is shutting down).
     #[error("kafka: delivery of event {0} was cancelled")]
     Cancelled(String),
+    /// The thread that polls a consumer could not be started.
+    #[error("cannot start the kafka consumer thread: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 /// Result of this module.

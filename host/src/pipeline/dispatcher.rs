@@ -110,7 +110,16 @@ struct TopicCursor {
     committed: i64,
     /// Events read and not yet committed.
     inflight: BTreeMap<i64, Phase>,
+    /// A Kafka partition given up in a rebalance: its running events still
+    /// commit their outcomes, but its position belongs to the new owner.
+    retired: bool,
+    /// The epoch of the partition's claim (Kafka): outcomes commit only
+    /// while no other consumer claimed it since.
+    epoch: i64,
 }
+
+/// `fetched` of a Kafka cursor whose start the first record tells.
+const UNSTARTED: i64 = i64::MIN;
 
 /// An invocation's result, the state it ran against and the version (the
 /// component digest) that ran it.
@@ -158,13 +167,16 @@ pub struct Dispatcher {
     state_cache_bytes: u64,
     /// Reading from Kafka instead of the embedded log.
     kafka: Option<KafkaInput>,
+    /// Where dead letters are also produced (the Kafka dead-letter topic).
+    dead_letter_topic: Option<String>,
 }
 
 /// A dispatcher's Kafka side: its group member and the cursor of each
 /// partition it owns.
 struct KafkaInput {
     subscription: Arc<kafka::Subscription>,
-    rebalances: Option<mpsc::UnboundedReceiver<kafka::Rebalanced>>,
+    inputs: Option<mpsc::Receiver<kafka::Input>>,
+    /// The cursors of the partitions owned now.
     cursors: HashMap<kafka::TopicPartition, usize>,
 }
 
@@ -189,6 +201,8 @@ impl Dispatcher {
                 fetched: position,
                 committed: position,
                 inflight: BTreeMap::new(),
+                retired: false,
+                epoch: 0,
             })
             .collect();
         let restored = store.pending_attempts(&cfg.name).await?;
@@ -217,13 +231,15 @@ impl Dispatcher {
             state_cache: HashMap::new(),
             state_cache_bytes: 0,
             kafka: None,
+            dead_letter_topic: None,
             cfg,
         })
     }
 
     /// Prepares a dispatcher that reads its topics from Kafka, as a member
     /// of the group `{group_prefix}.{handler}`. Partition positions come
-    /// from the store as partitions are assigned.
+    /// from the store as partitions are assigned. Needs to run inside a
+    /// tokio runtime, which the subscription's thread reads the store with.
     #[allow(clippy::too_many_arguments)]
     pub async fn with_kafka(
         cfg: HandlerConfig,
@@ -235,11 +251,20 @@ impl Dispatcher {
         pipeline: &PipelineConfig,
         broker: &BrokerConfig,
     ) -> Result<Self, String> {
-        let (subscription, rebalances) = kafka::Subscription::new(
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
+        let (reader, name) = (store.clone(), cfg.name.clone());
+        let claims: kafka::Claims = Arc::new(move |topic: &str, partitions: &[i32]| {
+            runtime
+                .block_on(reader.claim_partitions(&name, topic, partitions))
+                .map_err(|e| e.to_string())
+        });
+        let (subscription, inputs) = kafka::Subscription::start(
             broker,
             &cfg.name,
             &cfg.topics,
             cfg.start_from == StartFrom::Earliest,
+            claims,
+            pipeline.max_in_flight.clamp(1, 4096),
         )
         .map_err(|e| e.to_string())?;
         let mut me = Self::new(
@@ -257,9 +282,11 @@ impl Dispatcher {
         .await
         .map_err(|e| e.to_string())?;
         me.cfg = cfg;
+        me.dead_letter_topic =
+            Some(broker.dead_letter_topic.clone()).filter(|topic| !topic.is_empty());
         me.kafka = Some(KafkaInput {
             subscription: Arc::new(subscription),
-            rebalances: Some(rebalances),
+            inputs: Some(inputs),
             cursors: HashMap::new(),
         });
         Ok(me)
@@ -285,7 +312,7 @@ impl Dispatcher {
         let mut poll = tokio::time::interval(self.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let subscription = self.kafka.as_ref().map(|k| k.subscription.clone());
-        let mut rebalances = self.kafka.as_mut().and_then(|k| k.rebalances.take());
+        let mut inputs = self.kafka.as_mut().and_then(|k| k.inputs.take());
         // Kafka offsets to commit once the store commit in flight is done.
         let mut committing_offsets: Vec<(String, i32, i64)> = Vec::new();
 
@@ -313,7 +340,7 @@ impl Dispatcher {
             // too, or a stream of them would fill the in-flight window.
             if commit.is_none() && (!self.batch.is_empty() || !self.batch_done.is_empty()) {
                 committing = std::mem::take(&mut self.batch_done);
-                let batch = self.take_batch();
+                let batch = self.take_batch(&committing);
                 commit_parks = !batch.parked.is_empty();
                 committing_offsets = batch
                     .broker_positions
@@ -344,12 +371,17 @@ impl Dispatcher {
                     commit = None;
                     commit_parks = false;
                     match joined {
-                        Ok(Some(report)) => {
+                        Ok(Some(mut report)) => {
+                            let fenced_partitions = std::mem::take(&mut report.fenced_partitions);
                             self.committed(std::mem::take(&mut committing), report);
                             // After the store: Kafka's offsets never run
                             // ahead of the positions the store holds.
+                            let mut offsets = std::mem::take(&mut committing_offsets);
+                            offsets.retain(|(topic, partition, _)| {
+                                !fenced_partitions.contains(&(self.cfg.name.clone(), topic.clone(), *partition))
+                            });
                             if let Some(sub) = &subscription
-                                && let Err(error) = sub.commit(&std::mem::take(&mut committing_offsets))
+                                && let Err(error) = sub.commit(&offsets)
                             {
                                 tracing::warn!(handler = %self.cfg.name, "committing offsets to kafka failed (the store has them): {error}");
                             }
@@ -368,17 +400,12 @@ impl Dispatcher {
                 }
                 _ = actions.notified(), if !stopping => need_actions = true,
                 _ = shutdown.changed(), if !stopping => stopping = true,
-                received = recv_kafka(subscription.as_deref()), if subscription.is_some() && !stopping && self.in_flight() < self.max_in_flight => {
-                    match received {
-                        Ok((record, at)) => self.accept_kafka(record, at).await,
-                        Err(error) => {
-                            tracing::warn!(handler = %self.cfg.name, "kafka: {error}");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
+                Some(input) = recv_input(inputs.as_mut()), if inputs.is_some() && !stopping && self.in_flight() < self.max_in_flight => {
+                    match input {
+                        kafka::Input::Record(record, at) => self.accept_kafka(record, at).await,
+                        kafka::Input::Assigned(list) => self.assigned(list),
+                        kafka::Input::Revoked(list) => self.revoked(&list),
                     }
-                }
-                Some(change) = recv_rebalance(rebalances.as_mut()), if rebalances.is_some() => {
-                    self.rebalanced(change).await;
                 }
             }
         }
@@ -478,16 +505,25 @@ impl Dispatcher {
         });
     }
 
-    /// Takes one record from Kafka. The store's position of its partition
-    /// decides: at or before it, the record is done already and skipped.
+    /// Takes one record from Kafka, read from a partition owned here
+    /// (the subscription delivers the assignment before its records).
     async fn accept_kafka(&mut self, record: cloudevents::Record, at: cloudevents::Position) {
+        let tp = (record.topic.clone(), at.partition);
         let Some(t) = self
-            .kafka_cursor(&record.topic, at.partition, at.offset)
-            .await
+            .kafka
+            .as_ref()
+            .and_then(|k| k.cursors.get(&tp).copied())
         else {
+            tracing::debug!(handler = %self.cfg.name, topic = %tp.0, partition = tp.1, "record of a partition not owned here dropped");
             return;
         };
-        if at.offset <= self.topics[t].fetched {
+        let cursor = &mut self.topics[t];
+        if cursor.fetched == UNSTARTED {
+            // Nothing done on this partition yet: it starts here.
+            cursor.fetched = at.offset - 1;
+            cursor.committed = at.offset - 1;
+        }
+        if at.offset <= cursor.fetched {
             return;
         }
         let event = cloudevents::decode(record, at);
@@ -499,11 +535,9 @@ impl Dispatcher {
             {
                 Ok(p) => !p.is_empty(),
                 Err(error) => {
-                    // Not taken: the partition is read again from the
-                    // store's position once the store answers.
-                    tracing::error!(handler = %self.cfg.name, "reading processed ids failed: {error}");
-                    self.forget_partitions(&[(event.topic.clone(), at.partition)]);
-                    return;
+                    // Run it: the commit finds a duplicate by its id anyway.
+                    tracing::warn!(handler = %self.cfg.name, "reading processed ids failed: {error}");
+                    false
                 }
             }
         } else {
@@ -519,86 +553,69 @@ impl Dispatcher {
         self.accept(t, record, processed);
     }
 
-    /// The cursor of an owned partition, created from the store's position
-    /// the first time (or after a rebalance). A record before that
-    /// position makes the consumer seek past it.
-    async fn kafka_cursor(&mut self, topic: &str, partition: i32, offset: i64) -> Option<usize> {
-        let kafka = self.kafka.as_ref()?;
-        let tp = (topic.to_owned(), partition);
-        if let Some(t) = kafka.cursors.get(&tp) {
-            return Some(*t);
-        }
-        let stored = match self.store.broker_positions(&self.cfg.name, topic).await {
-            Ok(p) => p.get(&partition).copied(),
-            Err(error) => {
-                tracing::error!(handler = %self.cfg.name, "reading broker positions failed: {error}");
-                return None;
+    /// Partitions are now ours: a cursor each, starting after the position
+    /// the store held (the subscription starts the consumer there). A
+    /// retired cursor with nothing in flight is reused.
+    fn assigned(&mut self, list: Vec<kafka::Assigned>) {
+        for ((topic, partition), stored, epoch) in list {
+            let position = stored.unwrap_or(UNSTARTED);
+            let cursor = TopicCursor {
+                name: topic.clone(),
+                partition: Some(partition),
+                fetched: position,
+                committed: position,
+                inflight: BTreeMap::new(),
+                retired: false,
+                epoch,
+            };
+            let reuse = self
+                .topics
+                .iter()
+                .position(|c| c.retired && c.inflight.is_empty());
+            let t = match reuse {
+                Some(t) => {
+                    self.topics[t] = cursor;
+                    t
+                }
+                None => {
+                    self.topics.push(cursor);
+                    self.topics.len() - 1
+                }
+            };
+            if let Some(kafka) = self.kafka.as_mut()
+                && let Some(old) = kafka.cursors.insert((topic, partition), t)
+            {
+                self.topics[old].retired = true;
             }
-        };
-        let position = stored.unwrap_or(offset - 1);
-        if offset <= position
-            && let Err(error) = kafka.subscription.seek(topic, partition, position + 1)
-        {
-            tracing::debug!(handler = %self.cfg.name, "seek failed, skipping instead: {error}");
         }
-        self.topics.push(TopicCursor {
-            name: topic.to_owned(),
-            partition: Some(partition),
-            fetched: position,
-            committed: position,
-            inflight: BTreeMap::new(),
-        });
-        let t = self.topics.len() - 1;
-        if let Some(kafka) = self.kafka.as_mut() {
-            kafka.cursors.insert(tp, t);
-        }
-        Some(t)
+        let owned = self.kafka.as_ref().map_or(0, |k| k.cursors.len());
+        self.stats.partitions.store(owned as u64, Ordering::Relaxed);
     }
 
-    /// Partitions changed hands: their cursors are built again from the
-    /// store on the next record (another instance may have moved them), and
-    /// the state cache goes, since another instance may have written state.
-    /// Work in flight on revoked partitions finishes; a record another
-    /// instance also ran commits once (the processed record decides).
-    async fn rebalanced(&mut self, change: kafka::Rebalanced) {
-        let (kafka::Rebalanced::Assigned(list) | kafka::Rebalanced::Revoked(list)) = &change;
-        let retired: HashSet<usize> = self
-            .kafka
-            .as_ref()
-            .map(|k| {
-                list.iter()
-                    .filter_map(|tp| k.cursors.get(tp).copied())
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.forget_partitions(list);
-        if let kafka::Rebalanced::Revoked(_) = &change {
-            self.abandon(&retired);
+    /// Partitions are no longer ours: their cursors retire, and their
+    /// queued work is abandoned to the new owner. Running invocations
+    /// finish and commit; one the new owner runs too commits once (the
+    /// processed record decides).
+    fn revoked(&mut self, list: &[kafka::TopicPartition]) {
+        let Some(kafka) = self.kafka.as_mut() else {
+            return;
+        };
+        let retired: HashSet<usize> = list
+            .iter()
+            .filter_map(|tp| kafka.cursors.remove(tp))
+            .collect();
+        for t in &retired {
+            self.topics[*t].retired = true;
         }
-        if let kafka::Rebalanced::Assigned(list) = change {
-            for (topic, partition) in list {
-                let stored = self
-                    .store
-                    .broker_positions(&self.cfg.name, &topic)
-                    .await
-                    .ok()
-                    .and_then(|p| p.get(&partition).copied());
-                if let Some(position) = stored {
-                    // Seek now; the first record creates the cursor.
-                    if let Some(kafka) = &self.kafka
-                        && let Err(error) = kafka.subscription.seek(&topic, partition, position + 1)
-                    {
-                        tracing::debug!(handler = %self.cfg.name, "seek on assignment failed, skipping instead: {error}");
-                    }
-                }
-            }
-        }
+        let owned = self.kafka.as_ref().map_or(0, |k| k.cursors.len());
+        self.stats.partitions.store(owned as u64, Ordering::Relaxed);
+        self.abandon(&retired);
     }
 
     /// Drops the items of cursors `retired` (partitions given up) that have
     /// not started: the partition's new owner runs them, in order, after
     /// what is running here now (at most one per key, which commits once
-    /// whoever finishes first). Their cursors never move past them.
+    /// whoever finishes first).
     fn abandon(&mut self, retired: &HashSet<usize>) {
         if retired.is_empty() {
             return;
@@ -610,6 +627,9 @@ impl Dispatcher {
                 let keep = !dropped(item);
                 if !keep {
                     self.inflight_ids.remove(&item.record.event.id);
+                    if let Origin::Log(t) = item.origin {
+                        self.topics[t].inflight.remove(&item.record.seq);
+                    }
                 }
                 keep
             });
@@ -637,19 +657,14 @@ impl Dispatcher {
         // Each of these held its key: pass the key on.
         for item in released {
             self.inflight_ids.remove(&item.record.event.id);
+            if let Origin::Log(t) = item.origin {
+                self.topics[t].inflight.remove(&item.record.seq);
+            }
             if let Some(key) = &item.record.event.key {
                 self.release(key);
             }
         }
         tracing::info!(handler = %self.cfg.name, "work of revoked partitions abandoned to their new owner");
-    }
-
-    fn forget_partitions(&mut self, list: &[kafka::TopicPartition]) {
-        if let Some(kafka) = self.kafka.as_mut() {
-            for tp in list {
-                kafka.cursors.remove(tp);
-            }
-        }
     }
 
     fn skip(&mut self, origin: Origin, seq: i64) {
@@ -891,6 +906,7 @@ impl Dispatcher {
                         record: item.record.clone(),
                         attempts: std::mem::take(&mut item.failures),
                         park,
+                        publish_to: self.dead_letter_topic.clone(),
                     });
                     self.finish(item, DoneKind::DeadLettered { park }, None);
                 }
@@ -945,10 +961,46 @@ impl Dispatcher {
         }
     }
 
-    /// Moves the batch out, with the positions it makes durable.
-    fn take_batch(&mut self) -> Batch {
+    /// Moves the batch out, with the positions it makes durable and the
+    /// claims its Kafka outcomes (`done`) and positions were read under.
+    fn take_batch(&mut self, done: &[Done]) -> Batch {
         let mut batch = std::mem::take(&mut self.batch);
+        let mut claims: BTreeMap<usize, store::Claim> = BTreeMap::new();
+        let name = &self.cfg.name;
+        let mut claim_of = |t: usize, cursor: &TopicCursor| -> Option<usize> {
+            let partition = cursor.partition?;
+            claims.entry(t).or_insert_with(|| store::Claim {
+                handler: name.clone(),
+                topic: cursor.name.clone(),
+                partition,
+                epoch: cursor.epoch,
+                event_ids: Vec::new(),
+            });
+            Some(t)
+        };
+        let mut ids: Vec<(usize, String)> = Vec::new();
+        for d in done {
+            if let (Origin::Log(t), Some(id)) = (&d.origin, &d.event_id)
+                && claim_of(*t, &self.topics[*t]).is_some()
+            {
+                ids.push((*t, id.clone()));
+            }
+        }
+        for (t, cursor) in self.topics.iter().enumerate() {
+            if !cursor.retired && cursor.fetched != UNSTARTED {
+                claim_of(t, cursor);
+            }
+        }
+        for (t, id) in ids {
+            if let Some(claim) = claims.get_mut(&t) {
+                claim.event_ids.push(id);
+            }
+        }
+        batch.claims = claims.into_values().collect();
         for t in &mut self.topics {
+            if t.retired || t.fetched == UNSTARTED {
+                continue;
+            }
             let position = t
                 .inflight
                 .iter()
@@ -983,6 +1035,21 @@ impl Dispatcher {
             }
             if let Some(id) = &d.event_id {
                 self.inflight_ids.remove(id);
+            }
+            let fenced = d
+                .event_id
+                .as_ref()
+                .is_some_and(|id| report.fenced.contains(&(self.cfg.name.clone(), id.clone())));
+            if fenced {
+                // The partition's new owner runs it.
+                self.stats.fenced.fetch_add(1, Ordering::Relaxed);
+                if let DoneKind::DeadLettered { .. } = d.kind {
+                    dlq_ids.next();
+                }
+                if let Some(key) = &d.key {
+                    self.release(key);
+                }
+                continue;
             }
             match d.kind {
                 DoneKind::Processed => {
@@ -1188,21 +1255,9 @@ pub async fn pin_positions(
     Ok(positions)
 }
 
-/// The next Kafka record, or never without a subscription.
-async fn recv_kafka(
-    subscription: Option<&kafka::Subscription>,
-) -> crate::broker::Result<(cloudevents::Record, cloudevents::Position)> {
-    match subscription {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next rebalance, or never without a subscription.
-async fn recv_rebalance(
-    rebalances: Option<&mut mpsc::UnboundedReceiver<kafka::Rebalanced>>,
-) -> Option<kafka::Rebalanced> {
-    match rebalances {
+/// The next input of the Kafka subscription, or never without one.
+async fn recv_input(inputs: Option<&mut mpsc::Receiver<kafka::Input>>) -> Option<kafka::Input> {
+    match inputs {
         Some(r) => r.recv().await,
         None => std::future::pending().await,
     }

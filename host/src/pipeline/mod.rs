@@ -125,6 +125,11 @@ pub struct HandlerStats {
     pub in_flight: AtomicU64,
     /// Highest log sequence number read.
     pub read_seq: AtomicI64,
+    /// Kafka partitions this instance owns now.
+    pub partitions: AtomicU64,
+    /// Outcomes not applied because another instance claimed their
+    /// partition meanwhile (it runs those events).
+    pub fenced: AtomicU64,
 }
 
 /// A snapshot of [`HandlerStats`].
@@ -136,6 +141,10 @@ pub struct StatsSnapshot {
     pub failed: u64,
     /// Events skipped as duplicates.
     pub duplicates: u64,
+    /// Kafka partitions this instance owns now.
+    pub partitions: u64,
+    /// Outcomes left to another instance that claimed their partition.
+    pub fenced: u64,
     /// Events skipped by the type filter.
     pub filtered: u64,
     /// Failed attempts that were retried.
@@ -155,6 +164,8 @@ impl HandlerStats {
             processed: self.processed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             duplicates: self.duplicates.load(Ordering::Relaxed),
+            partitions: self.partitions.load(Ordering::Relaxed),
+            fenced: self.fenced.load(Ordering::Relaxed),
             filtered: self.filtered.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
@@ -217,6 +228,8 @@ impl Committer {
                         duplicates: report.duplicates.clone(),
                         outbox_rows: report.outbox_rows,
                         dlq_ids: dlq_ids.by_ref().take(n).collect(),
+                        fenced: report.fenced.clone(),
+                        fenced_partitions: report.fenced_partitions.clone(),
                     };
                     let _ = r.done.send(part);
                 }
@@ -248,6 +261,7 @@ fn merge(into: &mut Batch, from: &Batch) {
     into.positions.extend(from.positions.iter().cloned());
     into.broker_positions
         .extend(from.broker_positions.iter().cloned());
+    into.claims.extend(from.claims.iter().cloned());
 }
 
 async fn commit_until_done(store: &dyn Store, batch: &Batch) -> CommitReport {
@@ -464,6 +478,122 @@ impl Pipeline {
         // up by the dispatchers' first read; nudge the relay once too.
         signals.relay.notify_one();
         Ok(pipeline)
+    }
+
+    /// Follows the changes other host instances commit to a shared store
+    /// (PostgreSQL's notices): outbox rows wake the relay at once, and a
+    /// handler's registry change (created, reconfigured, activated,
+    /// deleted) is applied here too, without a restart. A no-op on a store
+    /// private to this process. Ends with [`Pipeline::shutdown`].
+    pub async fn follow_store(self: &Arc<Self>) -> Result<()> {
+        let Some(mut notices) = self.parts.store.notices().await? else {
+            return Ok(());
+        };
+        let pipeline = Arc::downgrade(self);
+        let mut shutdown = self.shutdown.subscribe();
+        let task = tokio::spawn(async move {
+            loop {
+                let notice = tokio::select! {
+                    notice = notices.recv() => notice,
+                    _ = shutdown.changed() => None,
+                };
+                let (Some(notice), Some(pipeline)) = (notice, pipeline.upgrade()) else {
+                    return;
+                };
+                let names = match notice {
+                    store::Notice::Outbox => {
+                        pipeline.signals.relay.notify_one();
+                        continue;
+                    }
+                    store::Notice::Registry(name) => vec![name],
+                    store::Notice::Reconnected => {
+                        pipeline.signals.relay.notify_one();
+                        pipeline.known_names().await
+                    }
+                };
+                for name in names {
+                    if let Err(error) = pipeline.sync(&name).await {
+                        tracing::error!(handler = %name, "applying a registry change failed: {error}");
+                    }
+                }
+            }
+        });
+        lock(&self.tasks).push(task);
+        Ok(())
+    }
+
+    /// Every handler name this instance or the registry knows.
+    async fn known_names(&self) -> Vec<String> {
+        let mut names: HashSet<String> = lock(&self.slots).keys().cloned().collect();
+        match self.parts.store.handlers().await {
+            Ok(records) => names.extend(records.into_iter().map(|r| r.name)),
+            Err(error) => tracing::error!("reading the registry failed: {error}"),
+        }
+        names.into_iter().collect()
+    }
+
+    /// Makes `name` run here as the registry says: its configuration (for
+    /// handlers managed through the API) and its active version. Changes
+    /// made by this instance find nothing to do.
+    async fn sync(&self, name: &str) -> Result<()> {
+        let record = self.parts.store.handler(name).await?;
+        let _change = self.changes.lock().await;
+        let Some(record) = record else {
+            // Deleted elsewhere: stop it here (a declared handler is the
+            // file's and is registered again at the next start).
+            if !self.is_declared(name)
+                && let Some(running) = self.take_running(name)
+            {
+                drain(running).await;
+            }
+            if !self.is_declared(name) && lock(&self.slots).remove(name).is_some() {
+                tracing::info!(handler = name, "handler removed by another instance");
+            }
+            return Ok(());
+        };
+        let active = record.active_version.and_then(|v| {
+            record
+                .versions
+                .iter()
+                .find(|i| i.version == v)
+                .map(|i| (v, i.digest.clone()))
+        });
+        if record.managed_by == ManagedBy::Api && !self.is_declared(name) {
+            let config: HandlerConfig = serde_json::from_value(record.config.clone())
+                .map_err(|e| store::Error::Corrupt(format!("handler {name} config: {e}")))?;
+            let current = lock(&self.slots).get(name).map(|s| s.config.clone());
+            if current.as_ref() != Some(&config) {
+                let component = match &active {
+                    Some((v, _)) => Some(self.load_version(name, *v).await?),
+                    None => None,
+                };
+                if let Some(running) = self.take_running(name) {
+                    drain(running).await;
+                }
+                self.install(config, component).await?;
+                tracing::info!(handler = name, "handler configured by another instance");
+                return Ok(());
+            }
+        }
+        if let Some((version, digest)) = active
+            && lock(&self.slots).contains_key(name)
+            && self.active_digest(name).as_deref() != Some(digest.as_str())
+        {
+            let component = self.load_version(name, version).await?;
+            self.swap(name, component).await?;
+            tracing::info!(
+                handler = name,
+                version,
+                "version activated by another instance"
+            );
+        } else if let Some(newest) = record.versions.last()
+            && record.active_version != Some(newest.version)
+        {
+            // Uploaded, not active yet: compile it now (the runtime keeps it
+            // by digest), so that its activation here is a swap.
+            self.load_version(name, newest.version).await?;
+        }
+        Ok(())
     }
 
     /// Adds a slot for `config`, with a running dispatcher if a version is

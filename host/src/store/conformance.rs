@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{
-    AttemptRecord, Batch, DeadLetter, DlqAction, DlqFilter, DlqStatus, Error, ManagedBy,
-    ParkedEvent, Processed, Store, StoreOptions, now_ms, open,
+    AttemptRecord, Batch, Claim, DeadLetter, DlqAction, DlqFilter, DlqStatus, Error, LogRecord,
+    ManagedBy, ParkedEvent, Processed, Store, StoreOptions, now_ms, open,
 };
 use crate::event::{CAUSATION_ID, Event};
 
@@ -112,6 +112,7 @@ conformance! {
     outbox_rows_wait_until_marked_delivered,
     a_lease_has_one_holder_until_it_expires,
     broker_positions_only_move_forward,
+    outcomes_of_a_partition_claimed_since_are_fenced,
 }
 
 fn event(id: &str, topic: &str, key: Option<&str>) -> Event {
@@ -375,6 +376,7 @@ async fn dead_letters_park_and_redrive(s: &TestStore) {
                 record: record.clone(),
                 attempts: vec![attempt(1), attempt(2)],
                 park: true,
+                publish_to: None,
             }],
             ..Default::default()
         })
@@ -467,6 +469,7 @@ async fn commit_reports_duplicates_and_dlq_ids_in_order(s: &TestStore) {
         record: records[i].clone(),
         attempts: vec![attempt(1, "x")],
         park: false,
+        publish_to: None,
     };
     // One id twice in a batch: the first applies, the second is a duplicate.
     let first = Processed {
@@ -550,6 +553,7 @@ async fn parked_events_unpark_and_actions_done(s: &TestStore) {
                 record,
                 attempts: vec![attempt(1, "x")],
                 park: true,
+                publish_to: None,
             }],
             // Held back out of order, and one twice: stored once, read in
             // log order.
@@ -610,6 +614,7 @@ async fn parked_events_unpark_and_actions_done(s: &TestStore) {
             record,
             attempts: vec![attempt(1, "x")],
             park: true,
+            publish_to: None,
         }],
         ..Default::default()
     })
@@ -638,6 +643,7 @@ async fn dlq_list_filters_and_pages(s: &TestStore) {
                     record: record.clone(),
                     attempts: vec![attempt(1, "x")],
                     park: false,
+                    publish_to: None,
                 })
                 .collect(),
             ..Default::default()
@@ -809,6 +815,7 @@ async fn nul_in_error_messages_does_not_block_commit(s: &TestStore) {
                 record,
                 attempts: vec![bad.clone()],
                 park: false,
+                publish_to: None,
             }],
             ..Default::default()
         })
@@ -1036,6 +1043,7 @@ async fn concurrent_dlq_actions_conflict(s: &TestStore) {
                 record,
                 attempts: vec![attempt(1, "x")],
                 park: true,
+                publish_to: None,
             }],
             ..Default::default()
         })
@@ -1190,4 +1198,109 @@ async fn broker_positions_only_move_forward(s: &TestStore) {
         HashMap::from([(0, 5), (1, 9)])
     );
     assert!(s.broker_positions("h", "other").await.unwrap().is_empty());
+}
+
+async fn outcomes_of_a_partition_claimed_since_are_fenced(s: &TestStore) {
+    let claim = |epoch, ids: &[&str]| Claim {
+        handler: "h".into(),
+        topic: "t".into(),
+        partition: 0,
+        epoch,
+        event_ids: ids.iter().map(|id| id.to_string()).collect(),
+    };
+    let with_state = |id: &str, value: &[u8]| Processed {
+        state_changes: BTreeMap::from([("n".to_string(), Some(value.to_vec()))]),
+        ..processed("h", "t", 0, id, Some("k"))
+    };
+    // Nothing stored yet: the first claim has no position.
+    let first = s.claim_partitions("h", "t", &[0, 1]).await.unwrap();
+    assert_eq!(first, HashMap::from([(0, (None, 1)), (1, (None, 1))]));
+    let report = s
+        .commit(&Batch {
+            processed: vec![with_state("e1", b"1")],
+            broker_positions: vec![("h".into(), "t".into(), 0, 10)],
+            claims: vec![claim(1, &["e1"])],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(report.fenced.is_empty());
+    // Another consumer claims the partition and reads where it stands.
+    let second = s.claim_partitions("h", "t", &[0]).await.unwrap();
+    assert_eq!(second, HashMap::from([(0, (Some(10), 2))]));
+    // The first owner's late outcome (and position) no longer apply; its
+    // other claims' outcomes in the same batch do.
+    let late = Claim {
+        partition: 1,
+        ..claim(1, &["e3"])
+    };
+    let report = s
+        .commit(&Batch {
+            processed: vec![with_state("e2", b"2"), processed("h", "t", 0, "e3", None)],
+            dead_letters: vec![DeadLetter {
+                handler: "h".into(),
+                version: "v1".into(),
+                record: LogRecord {
+                    seq: 12,
+                    partition: 0,
+                    offset: 12,
+                    appended_at: now_ms(),
+                    event: event("e4", "t", Some("k")),
+                },
+                attempts: vec![attempt(1, "boom")],
+                park: false,
+                publish_to: None,
+            }],
+            broker_positions: vec![
+                ("h".into(), "t".into(), 0, 12),
+                ("h".into(), "t".into(), 1, 7),
+            ],
+            claims: vec![claim(1, &["e2", "e4"]), late],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let fenced = |id: &str| ("h".to_string(), id.to_string());
+    assert_eq!(report.fenced, HashSet::from([fenced("e2"), fenced("e4")]));
+    assert_eq!(
+        report.fenced_partitions,
+        HashSet::from([("h".to_string(), "t".to_string(), 0)])
+    );
+    assert_eq!(report.dlq_ids, vec![0]);
+    let done = s
+        .processed_ids("h", &["e1".into(), "e2".into(), "e3".into(), "e4".into()])
+        .await
+        .unwrap();
+    assert_eq!(done, HashSet::from(["e1".to_string(), "e3".to_string()]));
+    assert_eq!(
+        s.load_state("h", "k")
+            .await
+            .unwrap()
+            .get("n")
+            .map(Vec::as_slice),
+        Some(&b"1"[..])
+    );
+    assert_eq!(
+        s.broker_positions("h", "t").await.unwrap(),
+        HashMap::from([(0, 10), (1, 7)])
+    );
+    // The new owner's outcomes under epoch 2 apply.
+    let report = s
+        .commit(&Batch {
+            processed: vec![with_state("e2", b"2")],
+            broker_positions: vec![("h".into(), "t".into(), 0, 11)],
+            claims: vec![claim(2, &["e2"])],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(report.fenced.is_empty());
+    assert_eq!(
+        s.load_state("h", "k")
+            .await
+            .unwrap()
+            .get("n")
+            .map(Vec::as_slice),
+        Some(&b"2"[..])
+    );
 }

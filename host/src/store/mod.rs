@@ -245,6 +245,38 @@ pub struct DeadLetter {
     pub attempts: Vec<AttemptRecord>,
     /// Park the event's key until the entry is redriven or discarded.
     pub park: bool,
+    /// Also produce the entry to this topic, through the outbox (the
+    /// Kafka dead-letter topic): see [`dead_letter_event`].
+    pub publish_to: Option<String>,
+}
+
+/// The event a dead-letter entry is produced as: the failed event's
+/// attributes, data and key, a new id (`dlq-{handler}-{entry id}`, since the
+/// same event can fail again after a redrive), and extension attributes
+/// (`ce_*` headers on Kafka) saying what failed: `dlqid`, `dlqhandler`,
+/// `dlqversion`, `dlqeventid`, `dlqtopic`, `dlqattempts` and `dlqerror`
+/// (the last attempt's outcome and message).
+pub fn dead_letter_event(d: &DeadLetter, dlq_id: i64, topic: &str) -> Event {
+    let mut event = d.record.event.clone();
+    let error = d
+        .attempts
+        .last()
+        .map(|a| format!("{}: {}", a.outcome, a.error))
+        .unwrap_or_default();
+    for (name, value) in [
+        ("dlqid", dlq_id.to_string()),
+        ("dlqhandler", d.handler.clone()),
+        ("dlqversion", d.version.clone()),
+        ("dlqeventid", event.id.clone()),
+        ("dlqtopic", event.topic.clone()),
+        ("dlqattempts", d.attempts.len().to_string()),
+        ("dlqerror", error),
+    ] {
+        event.headers.insert(name.to_owned(), value);
+    }
+    event.id = format!("dlq-{}-{dlq_id}", d.handler);
+    event.topic = topic.to_owned();
+    event
 }
 
 /// An event held back because its key is parked.
@@ -281,6 +313,25 @@ pub struct Batch {
     /// New positions on an external broker's partitions, as (handler,
     /// topic, partition, offset done).
     pub broker_positions: Vec<(String, String, i32, i64)>,
+    /// The claims this batch's Kafka outcomes and positions were read
+    /// under: those of a partition claimed again since are not applied.
+    pub claims: Vec<Claim>,
+}
+
+/// A partition claim (see [`Store::claim_partitions`]) and the events of
+/// a batch read under it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claim {
+    /// Handler.
+    pub handler: String,
+    /// Topic of the external broker.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The epoch the claim got.
+    pub epoch: i64,
+    /// Ids of the batch's processed and dead-lettered events from it.
+    pub event_ids: Vec<String>,
 }
 
 impl Batch {
@@ -294,6 +345,7 @@ impl Batch {
             && self.unparked.is_empty()
             && self.positions.is_empty()
             && self.broker_positions.is_empty()
+            && self.claims.is_empty()
     }
 }
 
@@ -305,8 +357,15 @@ pub struct CommitReport {
     pub duplicates: HashSet<(String, String)>,
     /// Outbox rows written.
     pub outbox_rows: u64,
-    /// Ids of the DLQ entries created, in the order of `dead_letters`.
+    /// Ids of the DLQ entries created, in the order of `dead_letters`
+    /// (0 for one not created).
     pub dlq_ids: Vec<i64>,
+    /// (handler, event id) of outcomes not applied because their partition
+    /// was claimed by another consumer since they were read.
+    pub fenced: HashSet<(String, String)>,
+    /// (handler, topic, partition) whose positions were not written for
+    /// the same reason: their offsets must not be committed to Kafka.
+    pub fenced_partitions: HashSet<(String, String, i32)>,
 }
 
 /// Status of a DLQ entry.
@@ -402,9 +461,30 @@ pub struct PendingAction {
     pub entry: DlqEntry,
 }
 
+/// A change another process (or this one) committed to a shared store,
+/// told as it commits: see [`Store::notices`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Outbox rows were inserted: a relay has work.
+    Outbox,
+    /// The registry row of this handler changed (created, reconfigured,
+    /// activated or deleted).
+    Registry(String),
+    /// The connection that listens was lost and is back: notices may have
+    /// been missed, so everything must be looked at again.
+    Reconnected,
+}
+
 /// The durable state of a Sluice host.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Starts listening for the changes others commit, for as long as the
+    /// receiver lives; `None` where the backend is private to one process
+    /// (SQLite), which learns of its own changes directly.
+    async fn notices(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Notice>>> {
+        Ok(None)
+    }
+
     /// Creates `topic` with `partitions` partitions unless it exists;
     /// returns its partition count.
     async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32>;
@@ -462,6 +542,17 @@ pub trait Store: Send + Sync + 'static {
     /// `handler`'s positions on the partitions of an external broker's
     /// `topic`: the last offset done of each.
     async fn broker_positions(&self, handler: &str, topic: &str) -> Result<HashMap<i32, i64>>;
+
+    /// Claims `partitions` of `topic` for `handler` (a consumer was just
+    /// assigned them) and reads their positions, in one transaction: each
+    /// claim's epoch goes up, so outcomes read under an earlier claim no
+    /// longer commit. Returns partition → (position, epoch).
+    async fn claim_partitions(
+        &self,
+        handler: &str,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, (Option<i64>, i64)>>;
 
     /// Up to `limit` undelivered outbox rows, oldest first, with their
     /// outbox sequence numbers: what a relay to an external broker

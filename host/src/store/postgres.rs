@@ -34,7 +34,7 @@ use super::shared::{
 };
 use super::{
     Appended, AttemptRecord, Batch, CommitReport, DlqAction, DlqEntry, DlqFilter, Error,
-    HandlerRecord, LogRecord, ManagedBy, PendingAction, ProcessedRecord, Result, Store,
+    HandlerRecord, LogRecord, ManagedBy, Notice, PendingAction, ProcessedRecord, Result, Store,
     StoreOptions, TopicInfo, VersionInfo, now_ms, to_json,
 };
 use crate::event::Event;
@@ -54,6 +54,11 @@ const LOG_LOCK: i64 = 0x736c_7569_6365_6c67;
 pub struct PostgresStore {
     pool: PgPool,
 }
+
+/// Notified (by trigger) when outbox rows are inserted.
+const OUTBOX_CHANNEL: &str = "sluice_outbox";
+/// Notified (by trigger) with a handler's name when its registry row changes.
+const REGISTRY_CHANNEL: &str = "sluice_registry";
 
 impl StoreDb for Postgres {
     // The header, copied out on insert and indexed.
@@ -84,6 +89,50 @@ impl PostgresStore {
         // migrate once.
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
         Ok(Self { pool })
+    }
+
+    /// Listens on the channels of migration `0004_notify` and forwards
+    /// what arrives until `notices` is dropped. A lost connection is
+    /// opened again (every second until it works), then told as
+    /// [`Notice::Reconnected`].
+    async fn listen(
+        pool: PgPool,
+        mut listener: sqlx::postgres::PgListener,
+        notices: tokio::sync::mpsc::Sender<Notice>,
+    ) {
+        loop {
+            let notice = match listener.try_recv().await {
+                Ok(Some(n)) if n.channel() == REGISTRY_CHANNEL => {
+                    Notice::Registry(n.payload().to_owned())
+                }
+                Ok(Some(_)) => Notice::Outbox,
+                Ok(None) | Err(_) => {
+                    tracing::warn!("lost the connection that listens for notices; reconnecting");
+                    listener = loop {
+                        if notices.is_closed() {
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        match Self::listener(&pool).await {
+                            Ok(l) => break l,
+                            Err(error) => tracing::warn!("cannot listen for notices yet: {error}"),
+                        }
+                    };
+                    Notice::Reconnected
+                }
+            };
+            if notices.send(notice).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn listener(pool: &PgPool) -> Result<sqlx::postgres::PgListener> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener
+            .listen_all([OUTBOX_CHANNEL, REGISTRY_CHANNEL])
+            .await?;
+        Ok(listener)
     }
 
     /// The connection pool, for tests and tools.
@@ -209,6 +258,13 @@ async fn delete_attempts(conn: &mut PgConnection, pairs: &[(&str, &str)]) -> Res
 
 #[async_trait::async_trait]
 impl Store for PostgresStore {
+    async fn notices(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Notice>>> {
+        let listener = Self::listener(&self.pool).await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(Self::listen(self.pool.clone(), listener, sender));
+        Ok(Some(receiver))
+    }
+
     async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32> {
         let mut tx = self.pool.begin().await?;
         let n = ensure_topic_in(&mut tx, topic, partitions).await?;
@@ -318,10 +374,37 @@ impl Store for PostgresStore {
         shared::group_attempts(&rows)
     }
 
-    async fn commit(&self, batch: &Batch) -> Result<CommitReport> {
+    async fn commit(&self, original: &Batch) -> Result<CommitReport> {
         let now = now_ms();
         let mut report = CommitReport::default();
         let mut tx = self.pool.begin().await?;
+        // Outcomes of partitions claimed since they were read are left out.
+        // FOR SHARE: a claim (which updates the row) waits for this commit,
+        // or this commit sees the claim.
+        let mut stale = Vec::new();
+        for claim in &original.claims {
+            let epoch: Option<i64> = sqlx::query_scalar(
+                "SELECT epoch FROM partition_claims WHERE handler = $1 AND topic = $2 AND partition = $3 FOR SHARE",
+            )
+            .bind(&claim.handler)
+            .bind(&claim.topic)
+            .bind(i64::from(claim.partition))
+            .fetch_optional(&mut *tx)
+            .await?;
+            if epoch != Some(claim.epoch) {
+                stale.push(claim);
+            }
+        }
+        let kept;
+        let batch = if stale.is_empty() {
+            original
+        } else {
+            let (without, fenced, partitions) = shared::without_fenced(original, &stale);
+            report.fenced = fenced;
+            report.fenced_partitions = partitions;
+            kept = without;
+            &kept
+        };
         // Processed records of the whole batch in a few multi-row
         // statements; RETURNING names the rows that were new. A row that
         // already existed (or is being inserted by a concurrent commit,
@@ -421,6 +504,13 @@ impl Store for PostgresStore {
             .fetch_one(&mut *tx)
             .await?;
             report.dlq_ids.push(id);
+            if let Some(event) = shared::dead_letter_outbox(d, id) {
+                Postgres::insert_outbox(&[(d.handler.as_str(), &event)], now)?
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
+                report.outbox_rows += 1;
+            }
             delete_attempts(&mut tx, &[(&d.handler, &e.id)]).await?;
             if d.park
                 && let Some(key) = &e.key
@@ -488,6 +578,7 @@ impl Store for PostgresStore {
             .await?;
         }
         tx.commit().await?;
+        report.dlq_ids = shared::realign_dlq_ids(original, &report.fenced, report.dlq_ids);
         Ok(report)
     }
 
@@ -575,6 +666,37 @@ impl Store for PostgresStore {
                 Ok((partition, position))
             })
             .collect()
+    }
+
+    async fn claim_partitions(
+        &self,
+        handler: &str,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, (Option<i64>, i64)>> {
+        let mut tx = self.pool.begin().await?;
+        let mut claimed = HashMap::with_capacity(partitions.len());
+        for partition in partitions {
+            let epoch: i64 = sqlx::query_scalar(
+                "INSERT INTO partition_claims (handler, topic, partition, epoch) VALUES ($1, $2, $3, 1) ON CONFLICT (handler, topic, partition) DO UPDATE SET epoch = partition_claims.epoch + 1 RETURNING epoch",
+            )
+            .bind(handler)
+            .bind(topic)
+            .bind(i64::from(*partition))
+            .fetch_one(&mut *tx)
+            .await?;
+            // After the claim: every commit under an earlier epoch is in.
+            let position: Option<i64> =
+                sqlx::query_scalar("SELECT position FROM broker_positions WHERE handler = $1 AND topic = $2 AND partition = $3")
+                    .bind(handler)
+                    .bind(topic)
+                    .bind(i64::from(*partition))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            claimed.insert(*partition, (position, epoch));
+        }
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     async fn outbox_backlog(&self) -> Result<i64> {

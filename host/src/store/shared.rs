@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 
 use super::{
-    Appended, AttemptRecord, DeadLetter, DlqAction, DlqEntry, DlqFilter, DlqStatus, Error,
-    HandlerRecord, LogRecord, ManagedBy, PendingAction, Processed, ProcessedRecord, Result, Store,
-    TopicInfo, VersionInfo, from_json, to_json,
+    Appended, AttemptRecord, Batch, Claim, DeadLetter, DlqAction, DlqEntry, DlqFilter, DlqStatus,
+    Error, HandlerRecord, LogRecord, ManagedBy, PendingAction, Processed, ProcessedRecord, Result,
+    Store, TopicInfo, VersionInfo, from_json, to_json,
 };
 use crate::event::{Event, partition_for_key};
 
@@ -573,6 +573,81 @@ pub(crate) fn dead_letter_error(d: &DeadLetter) -> String {
         .last()
         .map(|a| format!("{}: {}", a.outcome, a.error))
         .unwrap_or_default()
+}
+
+/// `batch` without what `stale` claims cover (their partitions were
+/// claimed again since the batch's events were read), the (handler, event
+/// id)s left out, and the partitions whose positions were left out.
+pub(crate) fn without_fenced(
+    batch: &Batch,
+    stale: &[&Claim],
+) -> (
+    Batch,
+    HashSet<(String, String)>,
+    HashSet<(String, String, i32)>,
+) {
+    let ids: HashSet<(String, String)> = stale
+        .iter()
+        .flat_map(|c| c.event_ids.iter().map(|id| (c.handler.clone(), id.clone())))
+        .collect();
+    // A position is left out only when no valid claim of the batch (the
+    // partition claimed again by this same consumer) covers it.
+    let valid: HashSet<(&str, &str, i32)> = batch
+        .claims
+        .iter()
+        .filter(|c| !stale.contains(c))
+        .map(|c| (c.handler.as_str(), c.topic.as_str(), c.partition))
+        .collect();
+    let partitions: HashSet<(&str, &str, i32)> = stale
+        .iter()
+        .map(|c| (c.handler.as_str(), c.topic.as_str(), c.partition))
+        .filter(|p| !valid.contains(p))
+        .collect();
+    let fenced = |handler: &str, id: &str| ids.contains(&(handler.to_owned(), id.to_owned()));
+    let mut kept = batch.clone();
+    kept.processed.retain(|p| !fenced(&p.handler, &p.event_id));
+    kept.dead_letters
+        .retain(|d| !fenced(&d.handler, &d.record.event.id));
+    kept.broker_positions
+        .retain(|(h, t, p, _)| !partitions.contains(&(h.as_str(), t.as_str(), *p)));
+    kept.claims.clear();
+    let partitions = partitions
+        .into_iter()
+        .map(|(h, t, p)| (h.to_owned(), t.to_owned(), p))
+        .collect();
+    (kept, ids, partitions)
+}
+
+/// The DLQ entry ids of every dead letter of `original`, given those of
+/// the ones applied (a fenced one gets 0).
+pub(crate) fn realign_dlq_ids(
+    original: &Batch,
+    fenced: &HashSet<(String, String)>,
+    applied: Vec<i64>,
+) -> Vec<i64> {
+    if fenced.is_empty() {
+        return applied;
+    }
+    let mut applied = applied.into_iter();
+    original
+        .dead_letters
+        .iter()
+        .map(|d| {
+            if fenced.contains(&(d.handler.clone(), d.record.event.id.clone())) {
+                0
+            } else {
+                applied.next().unwrap_or(0)
+            }
+        })
+        .collect()
+}
+
+/// The outbox row that produces dead-letter entry `dlq_id` to its topic,
+/// if it has one.
+pub(crate) fn dead_letter_outbox(d: &DeadLetter, dlq_id: i64) -> Option<Event> {
+    d.publish_to
+        .as_deref()
+        .map(|topic| super::dead_letter_event(d, dlq_id, topic))
 }
 
 // ---------------------------------------------------------------------------

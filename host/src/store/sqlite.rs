@@ -323,10 +323,35 @@ impl Store for SqliteStore {
         shared::group_attempts(&rows)
     }
 
-    async fn commit(&self, batch: &Batch) -> Result<CommitReport> {
+    async fn commit(&self, original: &Batch) -> Result<CommitReport> {
         let now = now_ms();
         let mut report = CommitReport::default();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // Outcomes of partitions claimed since they were read are left out.
+        let mut stale = Vec::new();
+        for claim in &original.claims {
+            let epoch: Option<i64> = sqlx::query_scalar(
+                "SELECT epoch FROM partition_claims WHERE handler = ? AND topic = ? AND partition = ?",
+            )
+            .bind(&claim.handler)
+            .bind(&claim.topic)
+            .bind(i64::from(claim.partition))
+            .fetch_optional(&mut *tx)
+            .await?;
+            if epoch != Some(claim.epoch) {
+                stale.push(claim);
+            }
+        }
+        let kept;
+        let batch = if stale.is_empty() {
+            original
+        } else {
+            let (without, fenced, partitions) = shared::without_fenced(original, &stale);
+            report.fenced = fenced;
+            report.fenced_partitions = partitions;
+            kept = without;
+            &kept
+        };
         // Processed records of the whole batch in a few multi-row
         // statements; RETURNING names the rows that were new. A row that
         // already existed is a duplicate: its effects are not applied again.
@@ -419,6 +444,13 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await?;
             report.dlq_ids.push(id);
+            if let Some(event) = shared::dead_letter_outbox(d, id) {
+                Sqlite::insert_outbox(&[(d.handler.as_str(), &event)], now)?
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
+                report.outbox_rows += 1;
+            }
             sqlx::query("DELETE FROM attempts WHERE handler = ? AND event_id = ?")
                 .bind(&d.handler)
                 .bind(&e.id)
@@ -490,6 +522,7 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
+        report.dlq_ids = shared::realign_dlq_ids(original, &report.fenced, report.dlq_ids);
         Ok(report)
     }
 
@@ -578,6 +611,37 @@ impl Store for SqliteStore {
                 Ok((partition, position))
             })
             .collect()
+    }
+
+    async fn claim_partitions(
+        &self,
+        handler: &str,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<HashMap<i32, (Option<i64>, i64)>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut claimed = HashMap::with_capacity(partitions.len());
+        for partition in partitions {
+            let epoch: i64 = sqlx::query_scalar(
+                "INSERT INTO partition_claims (handler, topic, partition, epoch) VALUES (?, ?, ?, 1) ON CONFLICT (handler, topic, partition) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
+            )
+            .bind(handler)
+            .bind(topic)
+            .bind(i64::from(*partition))
+            .fetch_one(&mut *tx)
+            .await?;
+            // After the claim: every commit under an earlier epoch is in.
+            let position: Option<i64> =
+                sqlx::query_scalar("SELECT position FROM broker_positions WHERE handler = ? AND topic = ? AND partition = ?")
+                    .bind(handler)
+                    .bind(topic)
+                    .bind(i64::from(*partition))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            claimed.insert(*partition, (position, epoch));
+        }
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     async fn outbox_backlog(&self) -> Result<i64> {
