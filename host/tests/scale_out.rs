@@ -92,6 +92,7 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
     let shared = format!(
         "[store]\nurl = \"{database}\"\n\
          [broker]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ngroup_prefix = \"scale-{run}\"\n\
+         properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n\
          [pipeline]\npoll_interval_ms = 100\n\
          [[topics]]\nname = \"{input}\"\npartitions = 6\n\
          [[handlers]]\nname = \"first\"\ncomponent = \"{chain}\"\ntopics = [\"{input}\"]\ntypes = [\"step.a\"]\n\
@@ -104,6 +105,8 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
     let mut b = Instance::start(dir.path(), "b", &shared);
     b.wait_healthy(&client).await;
     let mut c: Option<Instance> = None;
+    // B has work to lose when it dies.
+    wait_shared(&client, &[&a, &b], "first", 6).await;
 
     let key = |i: u64| format!("{run}-k{}", i % KEYS);
     let mut next = 0;
@@ -121,9 +124,11 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
         next += BATCH;
         let batches = next / BATCH;
         if batches == EVENTS / BATCH / 3 {
-            // Mid-stream: B dies without a chance to clean up.
+            // Mid-stream: B dies without a chance to clean up, and stays
+            // dead past its session timeout.
             tokio::time::sleep(Duration::from_millis(300)).await;
             b.host.kill();
+            tokio::time::sleep(Duration::from_secs(8)).await;
         }
         if batches == 2 * EVENTS / BATCH / 3 {
             // A third instance joins: the partitions are dealt again.
@@ -133,6 +138,9 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // B comes back, as its supervisor would restart it.
+    b.host.spawn();
+    b.wait_healthy(&client).await;
 
     let mut expected: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for i in 0..EVENTS {
@@ -146,27 +154,47 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
                 if &got == list {
                     break;
                 }
+                let logs = || {
+                    ["a", "b", "c"]
+                        .map(|n| {
+                            format!(
+                                "--- {n}\n{}",
+                                std::fs::read_to_string(dir.path().join(format!("{n}.log")))
+                                    .unwrap_or_default()
+                            )
+                        })
+                        .join("\n")
+                };
                 // Never a duplicate or a reordering, even before it is done.
-                assert!(
-                    list.starts_with(&got),
-                    "{handler} {k}: {got:?} is not a prefix of {list:?}"
-                );
+                if !list.starts_with(&got) {
+                    let missing = list.iter().zip(&got).find(|(want, have)| want != have);
+                    let record = match missing {
+                        Some((n, _)) => {
+                            let i =
+                                n * KEYS + k.rsplit('k').next().unwrap().parse::<u64>().unwrap();
+                            let r = client
+                                .get(format!("{}/v1/events/{run}-{i}", a.base))
+                                .send()
+                                .await
+                                .unwrap();
+                            r.text().await.unwrap_or_default()
+                        }
+                        None => String::new(),
+                    };
+                    panic!(
+                        "{handler} {k}: {got:?} is not a prefix of {list:?}\nfirst missing: {record}\n{}",
+                        logs()
+                    );
+                }
                 assert!(
                     Instant::now() < deadline,
                     "{handler} {k}: {got:?}\n{}",
-                    ["a", "b", "c"]
-                        .map(|n| format!(
-                            "--- {n}\n{}",
-                            std::fs::read_to_string(dir.path().join(format!("{n}.log")))
-                                .unwrap_or_default()
-                        ))
-                        .join("\n")
+                    logs()
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
-    assert!(b.host.child.is_none(), "B was killed");
     // The work was shared: the surviving instances both processed events.
     let c = c.expect("C joined");
     let mut processed = Vec::new();
@@ -187,6 +215,53 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
     }
     eprintln!("processed by first on A and C: {processed:?}");
     assert!(processed.iter().all(|n| *n > 0), "{processed:?}");
+}
+
+/// The stats of `handler` on `instance`.
+async fn stats(client: &reqwest::Client, instance: &Instance, handler: &str) -> Value {
+    let h: Value = client
+        .get(format!("{}/v1/handlers/{handler}", instance.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    h["stats"].clone()
+}
+
+/// Waits until `instances` each own some of the `partitions` partitions
+/// of `handler`'s topic, and together all of them.
+async fn wait_shared(
+    client: &reqwest::Client,
+    instances: &[&Instance],
+    handler: &str,
+    partitions: u64,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut owned = Vec::new();
+        for i in instances {
+            owned.push(
+                stats(client, i, handler).await["partitions"]
+                    .as_u64()
+                    .unwrap_or(0),
+            );
+        }
+        if owned.iter().all(|n| *n > 0) && owned.iter().sum::<u64>() == partitions {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partitions of {handler} not shared: {owned:?}\n{}",
+            instances
+                .iter()
+                .map(|i| i.host.output())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Polls `{base}/v1/handlers/{handler}` until `running_digest` is `digest`;
@@ -284,6 +359,7 @@ async fn registry_changes_reach_every_instance() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     took.push(until_running(&client, &b, "h", &digests[0]).await);
     eprintln!("activation on A running on B after: {took:?}");
+    wait_shared(&client, &[&a, &b], "h", 4).await;
 
     // Both instances now run it and share the partitions.
     let events: Vec<Value> = (0..200)
@@ -336,7 +412,7 @@ async fn registry_changes_reach_every_instance() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(r.status(), 200);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !b
         .host

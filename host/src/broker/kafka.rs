@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, Message as _};
 use tokio::sync::mpsc;
 
 use super::cloudevents;
@@ -214,6 +214,79 @@ struct GroupContext {
     claims: Claims,
     stop: Arc<AtomicBool>,
     handler: String,
+    /// The next offset each owned partition must deliver (see
+    /// [`Contiguity`]); touched by the polling thread only.
+    next: std::sync::Mutex<HashMap<TopicPartition, Contiguity>>,
+}
+
+/// What the polling thread knows of where a partition stands. A fetch
+/// from an offset inside a record batch must return that batch (the client
+/// skips its earlier records); measured with tansu 0.6.0, it returns the
+/// next batch instead, so a consumer assigned at offset N may first see
+/// N + k. Taking that record would skip the ones in between, so a
+/// partition must go on exactly where it stands: a gap makes the thread
+/// seek back [`REWIND`] records (synchronously, not below the log start)
+/// and drop what comes before the expected offset; only a gap still there
+/// after that seek is real (a compacted or transactional topic).
+#[derive(Debug, Clone, Copy)]
+struct Contiguity {
+    /// The offset expected next.
+    next: i64,
+    /// A seek to `next` was done for the current gap.
+    sought: bool,
+}
+
+/// How far before the expected offset a seek after a gap goes: more than
+/// a record batch holds in practice.
+const REWIND: i64 = 10_000;
+
+/// What to do with a polled record.
+enum Verdict {
+    Deliver,
+    Drop,
+    /// Seek to this offset, and drop the record.
+    SeekTo(i64),
+}
+
+impl GroupContext {
+    fn lock_next(&self) -> std::sync::MutexGuard<'_, HashMap<TopicPartition, Contiguity>> {
+        self.next.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A seek failed: the next gap seeks again.
+    fn unseek(&self, topic: &str, partition: i32) {
+        if let Some(c) = self.lock_next().get_mut(&(topic.to_owned(), partition)) {
+            c.sought = false;
+        }
+    }
+
+    /// Checks a polled record against where its partition stands.
+    fn verdict(&self, topic: &str, partition: i32, offset: i64) -> Verdict {
+        let mut next = self.lock_next();
+        let tp = (topic.to_owned(), partition);
+        let Some(c) = next.get_mut(&tp) else {
+            // Start unknown (nothing stored): the first record sets it.
+            next.insert(
+                tp,
+                Contiguity {
+                    next: offset + 1,
+                    sought: false,
+                },
+            );
+            return Verdict::Deliver;
+        };
+        if offset < c.next {
+            return Verdict::Drop;
+        }
+        if offset > c.next && !c.sought {
+            c.sought = true;
+            tracing::warn!(handler = %self.handler, topic, partition, offset, expected = c.next, "record beyond the expected offset; seeking back");
+            return Verdict::SeekTo(c.next - REWIND);
+        }
+        c.next = offset + 1;
+        c.sought = false;
+        Verdict::Deliver
+    }
 }
 
 fn partitions(list: &rdkafka::TopicPartitionList) -> Vec<TopicPartition> {
@@ -270,6 +343,21 @@ impl GroupContext {
             }
         }
         tracing::info!(handler = %self.handler, ?assigned, "kafka partitions assigned");
+        {
+            let mut next = self.lock_next();
+            for (tp, stored, _) in &assigned {
+                match stored {
+                    Some(done) => next.insert(
+                        tp.clone(),
+                        Contiguity {
+                            next: done + 1,
+                            sought: false,
+                        },
+                    ),
+                    None => next.remove(tp),
+                };
+            }
+        }
         // Before the records: they come from later polls of this thread.
         let _ = self.inputs.blocking_send(Input::Assigned(assigned));
         if cooperative {
@@ -302,6 +390,12 @@ impl rdkafka::consumer::ConsumerContext for GroupContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let revoked = partitions(tpl);
                 tracing::info!(handler = %self.handler, ?revoked, "kafka partitions revoked");
+                {
+                    let mut next = self.lock_next();
+                    for tp in &revoked {
+                        next.remove(tp);
+                    }
+                }
                 let _ = self.inputs.blocking_send(Input::Revoked(revoked));
                 if cooperative {
                     consumer.incremental_unassign(tpl)
@@ -362,6 +456,7 @@ impl Subscription {
                 claims,
                 stop: stop.clone(),
                 handler: handler.to_owned(),
+                next: Default::default(),
             })?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names)?;
@@ -376,6 +471,36 @@ impl Subscription {
                     match polled.poll(Duration::from_millis(100)) {
                         None => {}
                         Some(Ok(m)) => {
+                            let verdict =
+                                polled
+                                    .context()
+                                    .verdict(m.topic(), m.partition(), m.offset());
+                            match verdict {
+                                Verdict::Deliver => {}
+                                Verdict::Drop => continue,
+                                Verdict::SeekTo(offset) => {
+                                    let (topic, partition) = (m.topic().to_owned(), m.partition());
+                                    drop(m);
+                                    // Not below the log start: the reset
+                                    // policy would move it elsewhere.
+                                    let low = polled
+                                        .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                                        .map(|(low, _)| low)
+                                        .unwrap_or(0);
+                                    let offset = offset.max(low).max(0);
+                                    if let Err(error) = polled.seek(
+                                        &topic,
+                                        partition,
+                                        rdkafka::Offset::Offset(offset),
+                                        Duration::from_secs(10),
+                                    ) {
+                                        // Try again on the next record.
+                                        tracing::warn!(handler = %name, %topic, partition, "seek failed: {error}");
+                                        polled.context().unseek(&topic, partition);
+                                    }
+                                    continue;
+                                }
+                            }
                             let (record, at) = record_of(&m);
                             drop(m);
                             if inputs.blocking_send(Input::Record(record, at)).is_err() {

@@ -526,6 +526,9 @@ impl Dispatcher {
         if at.offset <= cursor.fetched {
             return;
         }
+        if at.offset > cursor.fetched + 1 {
+            tracing::warn!(handler = %self.cfg.name, topic = %tp.0, partition = tp.1, offset = at.offset, after = cursor.fetched, epoch = cursor.epoch, "gap in offsets");
+        }
         let event = cloudevents::decode(record, at);
         let processed = if self.cfg.accepts(&event.ty) {
             match self

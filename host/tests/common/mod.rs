@@ -27,6 +27,8 @@ pub struct Host {
     pub config: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// Extra environment of the process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Host {
@@ -36,6 +38,7 @@ impl Host {
             config,
             log,
             child: None,
+            env: Vec::new(),
         }
     }
 
@@ -50,6 +53,7 @@ impl Host {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("SLUICE_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
