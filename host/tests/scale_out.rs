@@ -71,6 +71,91 @@ async fn state_list(
         .unwrap_or_default()
 }
 
+/// Waits until every key's state lists (the effects, in the shared store)
+/// hold each number exactly once, in publish order, for both handlers of
+/// the chain; fails at once on a gap, a duplicate or a reordering.
+async fn check_ledger(client: &reqwest::Client, base: &str, run: &str, dir: &Path, names: &[&str]) {
+    let logs = || {
+        names
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- {n}\n{}",
+                    std::fs::read_to_string(dir.join(format!("{n}.log"))).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut expected: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for i in 0..EVENTS {
+        expected
+            .entry(format!("{run}-k{}", i % KEYS))
+            .or_default()
+            .push(i / KEYS);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (k, list) in &expected {
+        for (handler, field) in [("first", "a"), ("second", "b")] {
+            loop {
+                let got = state_list(client, base, handler, k, field).await;
+                if &got == list {
+                    break;
+                }
+                // Never a duplicate or a reordering, even before it is done.
+                assert!(
+                    list.starts_with(&got),
+                    "{handler} {k}: {got:?} is not a prefix of {list:?}\n{}",
+                    logs()
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "{handler} {k}: {got:?}\n{}",
+                    logs()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// The configuration the chain tests share: both handlers of the chain
+/// fixture on Kafka and PostgreSQL.
+fn chain_config(database: &str, brokers: &str, run: &str, chain: &Path) -> String {
+    format!(
+        "[store]\nurl = \"{database}\"\n\
+         [broker]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ngroup_prefix = \"scale-{run}\"\n\
+         properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n\
+         [pipeline]\npoll_interval_ms = 100\n\
+         [[topics]]\nname = \"scale-{run}\"\npartitions = 6\n\
+         [[handlers]]\nname = \"first\"\ncomponent = \"{chain}\"\ntopics = [\"scale-{run}\"]\ntypes = [\"step.a\"]\n\
+         [[handlers]]\nname = \"second\"\ncomponent = \"{chain}\"\ntopics = [\"mid\"]\ntypes = [\"step.b\"]\n",
+        chain = chain.display(),
+    )
+}
+
+/// Publishes `batch` through `instance`'s API, resending after failures.
+async fn publish(client: &reqwest::Client, instance: &Instance, input: &str, batch: &[Value]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client
+            .post(format!("{}/v1/topics/{input}/events", instance.base))
+            .json(batch)
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status() == 202 => return,
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                assert!(Instant::now() < deadline, "{status}: {body}");
+            }
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
     let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
@@ -89,16 +174,7 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
     let run = uuid::Uuid::now_v7().simple().to_string();
     let input = format!("scale-{run}");
     let dir = tempfile::tempdir().unwrap();
-    let shared = format!(
-        "[store]\nurl = \"{database}\"\n\
-         [broker]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ngroup_prefix = \"scale-{run}\"\n\
-         properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n\
-         [pipeline]\npoll_interval_ms = 100\n\
-         [[topics]]\nname = \"{input}\"\npartitions = 6\n\
-         [[handlers]]\nname = \"first\"\ncomponent = \"{chain}\"\ntopics = [\"{input}\"]\ntypes = [\"step.a\"]\n\
-         [[handlers]]\nname = \"second\"\ncomponent = \"{chain}\"\ntopics = [\"mid\"]\ntypes = [\"step.b\"]\n",
-        chain = chain.display(),
-    );
+    let shared = chain_config(&database, &brokers, &run, &chain);
     let client = reqwest::Client::new();
     let a = Instance::start(dir.path(), "a", &shared);
     a.wait_healthy(&client).await;
@@ -114,13 +190,7 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
         let batch: Vec<Value> = (next..next + BATCH)
             .map(|i| json!({"id": format!("{run}-{i}"), "type": "step.a", "key": key(i), "data": {"n": i / KEYS}}))
             .collect();
-        let r = client
-            .post(format!("{}/v1/topics/{input}/events", a.base))
-            .json(&batch)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+        publish(&client, &a, &input, &batch).await;
         next += BATCH;
         let batches = next / BATCH;
         if batches == EVENTS / BATCH / 3 {
@@ -142,59 +212,7 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
     b.host.spawn();
     b.wait_healthy(&client).await;
 
-    let mut expected: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for i in 0..EVENTS {
-        expected.entry(key(i)).or_default().push(i / KEYS);
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for (k, list) in &expected {
-        for (handler, field) in [("first", "a"), ("second", "b")] {
-            loop {
-                let got = state_list(&client, &a.base, handler, k, field).await;
-                if &got == list {
-                    break;
-                }
-                let logs = || {
-                    ["a", "b", "c"]
-                        .map(|n| {
-                            format!(
-                                "--- {n}\n{}",
-                                std::fs::read_to_string(dir.path().join(format!("{n}.log")))
-                                    .unwrap_or_default()
-                            )
-                        })
-                        .join("\n")
-                };
-                // Never a duplicate or a reordering, even before it is done.
-                if !list.starts_with(&got) {
-                    let missing = list.iter().zip(&got).find(|(want, have)| want != have);
-                    let record = match missing {
-                        Some((n, _)) => {
-                            let i =
-                                n * KEYS + k.rsplit('k').next().unwrap().parse::<u64>().unwrap();
-                            let r = client
-                                .get(format!("{}/v1/events/{run}-{i}", a.base))
-                                .send()
-                                .await
-                                .unwrap();
-                            r.text().await.unwrap_or_default()
-                        }
-                        None => String::new(),
-                    };
-                    panic!(
-                        "{handler} {k}: {got:?} is not a prefix of {list:?}\nfirst missing: {record}\n{}",
-                        logs()
-                    );
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{handler} {k}: {got:?}\n{}",
-                    logs()
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    check_ledger(&client, &a.base, &run, dir.path(), &["a", "b", "c"]).await;
     // The work was shared: the surviving instances both processed events.
     let c = c.expect("C joined");
     let mut processed = Vec::new();
@@ -421,5 +439,64 @@ async fn registry_changes_reach_every_instance() {
     {
         assert!(Instant::now() < deadline, "{}", b.host.output());
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// PostgreSQL drops every connection of two instances (their backends are
+/// terminated), three times mid-stream: the pools, the listeners and the
+/// partition claims reconnect, and the ledger is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_the_loss_of_postgres_connections() {
+    use sqlx::Connection as _;
+
+    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+        return;
+    };
+    let Some(database) = sluice::store::postgres_test_database().await else {
+        return;
+    };
+    let chain = sluice::harness::build_components(
+        workspace(),
+        &["chain"],
+        &workspace().join("target").join("guests"),
+    )
+    .unwrap()
+    .remove(0);
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let input = format!("scale-{run}");
+    let dir = tempfile::tempdir().unwrap();
+    let shared = chain_config(&database, &brokers, &run, &chain);
+    let client = reqwest::Client::new();
+    let a = Instance::start(dir.path(), "a", &shared);
+    a.wait_healthy(&client).await;
+    let b = Instance::start(dir.path(), "b", &shared);
+    b.wait_healthy(&client).await;
+    wait_shared(&client, &[&a, &b], "first", 6).await;
+
+    let mut admin = sqlx::PgConnection::connect(&database).await.unwrap();
+    let mut next = 0;
+    while next < EVENTS {
+        let batch: Vec<Value> = (next..next + BATCH)
+            .map(|i| json!({"id": format!("{run}-{i}"), "type": "step.a", "key": format!("{run}-k{}", i % KEYS), "data": {"n": i / KEYS}}))
+            .collect();
+        publish(&client, &a, &input, &batch).await;
+        next += BATCH;
+        if (next / BATCH) % 5 == 0 && next < EVENTS {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let terminated: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+            )
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            eprintln!("terminated {terminated} backends after {next} events");
+            assert!(terminated > 0);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check_ledger(&client, &a.base, &run, dir.path(), &["a", "b"]).await;
+    if std::env::var_os("SLUICE_TEST_SHOW_LOGS").is_some() {
+        eprintln!("--- a\n{}\n--- b\n{}", a.host.output(), b.host.output());
     }
 }
