@@ -440,6 +440,31 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The deployment files carry configurations this version accepts:
+    /// `deploy/sluice.toml` (compose) and the Kubernetes ConfigMap, which
+    /// must say the same.
+    #[test]
+    fn deployment_configs_parse_and_agree() {
+        let compose = include_str!("../../deploy/sluice.toml");
+        let configmap = include_str!("../../deploy/k8s/configmap.yaml");
+        let embedded: String = configmap
+            .split_once("sluice.toml: |\n")
+            .map(|(_, rest)| rest)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let a = Config::parse(compose, Path::new("deploy/sluice.toml")).unwrap();
+        let b = Config::parse(&embedded, Path::new("configmap.yaml")).unwrap();
+        assert_eq!(a.broker.kind, BrokerKind::Kafka);
+        assert!(a.store.url.starts_with("postgres://"));
+        assert_eq!(a.handlers.len(), 2);
+        assert_eq!(a.handlers, b.handlers);
+        assert_eq!(a.broker, b.broker);
+        assert_eq!(a.store.url, b.store.url);
+    }
+
     #[test]
     fn empty_config_has_working_defaults() {
         let c = Config::parse("", Path::new("x.toml")).unwrap();

@@ -481,7 +481,7 @@ async fn survives_the_loss_of_postgres_connections() {
             .collect();
         publish(&client, &a, &input, &batch).await;
         next += BATCH;
-        if (next / BATCH) % 5 == 0 && next < EVENTS {
+        if (next / BATCH).is_multiple_of(5) && next < EVENTS {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let terminated: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \

@@ -575,17 +575,18 @@ pub(crate) fn dead_letter_error(d: &DeadLetter) -> String {
         .unwrap_or_default()
 }
 
-/// `batch` without what `stale` claims cover (their partitions were
-/// claimed again since the batch's events were read), the (handler, event
-/// id)s left out, and the partitions whose positions were left out.
-pub(crate) fn without_fenced(
-    batch: &Batch,
-    stale: &[&Claim],
-) -> (
+/// A batch without its fenced outcomes, the (handler, event id)s left out
+/// and the (handler, topic, partition)s whose positions were left out.
+pub(crate) type Fenced = (
     Batch,
     HashSet<(String, String)>,
     HashSet<(String, String, i32)>,
-) {
+);
+
+/// `batch` without what `stale` claims cover (their partitions were
+/// claimed again since the batch's events were read), the (handler, event
+/// id)s left out, and the partitions whose positions were left out.
+pub(crate) fn without_fenced(batch: &Batch, stale: &[&Claim]) -> Fenced {
     let ids: HashSet<(String, String)> = stale
         .iter()
         .flat_map(|c| c.event_ids.iter().map(|id| (c.handler.clone(), id.clone())))
