@@ -295,3 +295,70 @@ async fn relay_to_kafka_on_postgres() {
     };
     relay_publishes_each_outbox_row_once(url, brokers).await;
 }
+
+/// A row an application inserts into the outbox (the `sluice-outbox`
+/// contract) wakes the relay through PostgreSQL's notice: with a poll of a
+/// minute, the event still reaches Kafka at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_outbox_row_wakes_the_relay() {
+    use sqlx::Connection as _;
+    use std::sync::Arc;
+
+    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+        return;
+    };
+    let Some(url) = sluice::store::postgres_test_database().await else {
+        return;
+    };
+    let mut config = sluice::config::Config::default();
+    config.store.url = url.clone();
+    config.broker = BrokerConfig {
+        kind: sluice::config::BrokerKind::Kafka,
+        brokers,
+        ..BrokerConfig::default()
+    };
+    config.pipeline.poll_interval_ms = 60_000;
+    let topic = format!("app-{}", uuid::Uuid::now_v7().simple());
+    create_topic(&config.broker, &topic, 1).await;
+    let store = sluice::store::open(&url, &Default::default())
+        .await
+        .unwrap();
+    let runtime = Arc::new(sluice::runtime::Runtime::new(Default::default()).unwrap());
+    let pipeline = Arc::new(
+        sluice::pipeline::Pipeline::start(
+            &config,
+            store,
+            runtime,
+            sluice::pipeline::Signals::new(),
+        )
+        .await
+        .unwrap(),
+    );
+    pipeline.follow_store().await.unwrap();
+    // Past the relay's first round at start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let event = Event {
+        topic: topic.clone(),
+        ..event(7)
+    };
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let inserted = Instant::now();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, topic, key, event, handler, created_at) VALUES ($1, $2, $3, $4, 'app:test', 0)",
+    )
+    .bind(&event.id)
+    .bind(&event.topic)
+    .bind(&event.key)
+    .bind(serde_json::to_string(&event).unwrap())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let got = consume(&config.broker, &topic, 1).await;
+    let took = inserted.elapsed();
+    eprintln!("application outbox row on Kafka after {took:?}");
+    assert_eq!(cloudevents::decode(got[0].0.clone(), got[0].1).id, event.id);
+    // The poll would have taken a minute.
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    pipeline.shutdown().await;
+}

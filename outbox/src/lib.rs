@@ -111,9 +111,10 @@
 //! [`OutboxEvent::with_id`]): retry with the same value, or derive the id
 //! from business data, so that copies carry the same id.
 //!
-//! The host's relay is woken by the host's own commits; rows from a service
-//! are picked up by its fallback poll, within `pipeline.poll_interval_ms`
-//! (500 ms by default). A topic that does not exist yet is created at the
+//! Relays wake when a transaction that inserted outbox rows commits (a
+//! trigger sends `NOTIFY sluice_outbox`), so a service's rows go out at
+//! once; the relay's poll (`pipeline.poll_interval_ms`) is the fallback. A
+//! topic that does not exist yet is created at the
 //! first publication with `pipeline.default_partitions` partitions, unless
 //! `[[topics]]` configures it.
 //!
