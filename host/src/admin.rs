@@ -668,10 +668,22 @@ async fn get_event(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let records = state.store.events_by_id(&id).await?;
-    let Some(first) = records.first() else {
-        return Err(store::Error::NotFound(format!("event {id}")).into());
-    };
     let processed_by = state.store.processed_records(&id).await?;
+    let Some(first) = records.first() else {
+        // Consumed from an external broker (Kafka): its body stays there,
+        // but what the handlers did with it is here.
+        if processed_by.is_empty() {
+            return Err(store::Error::NotFound(format!("event {id}")).into());
+        }
+        return Ok(Json(json!({
+            "event": null,
+            "copies_in_log": 0,
+            "processed_by": processed_by,
+            "emitted": [],
+            "causes": [],
+            "effects": [],
+        })));
+    };
     // Up: follow `causationid` until an event without one (or not in the log).
     let mut causes = Vec::new();
     let mut cursor = first.event.causation_id().map(str::to_owned);

@@ -239,7 +239,7 @@ pub fn document() -> Value {
                 "responses": {"200": ok_json("fields; JSON values as JSON, others as {\"$base64\": ...}", any_object.clone()), "401": unauthorized.clone()}
             }},
             "/v1/events/{id}": {"get": {
-                "summary": "An event, the handlers that processed it (version, outcome), what it emitted, and its causation chain up and down",
+                "summary": "An event, the handlers that processed it (version, outcome), what it emitted, and its causation chain up and down. An event consumed from Kafka has `event: null` (its body stays in Kafka) and its processed records.",
                 "security": secured.clone(),
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": {"200": ok_json("the event's story", any_object.clone()), "401": unauthorized.clone(), "404": error_response("no such event")}

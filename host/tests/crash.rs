@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Host, free_port, wait_healthy, workspace};
+use common::{Host, chain_component, free_port, wait_healthy};
 
 use serde_json::{Value, json};
 
@@ -59,13 +59,7 @@ async fn topic_events(client: &reqwest::Client, base: &str, topic: &str) -> Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_and_duplicates_nothing() {
-    let chain = sluice::harness::build_components(
-        workspace(),
-        &["chain"],
-        &workspace().join("target").join("guests"),
-    )
-    .unwrap()
-    .remove(0);
+    let chain = chain_component();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");

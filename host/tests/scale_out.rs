@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Host, free_port, wait_healthy, workspace};
+use common::{Host, chain_component, free_port, wait_healthy, workspace};
 
 use serde_json::{Value, json};
 
@@ -134,6 +134,46 @@ fn chain_config(database: &str, brokers: &str, run: &str, chain: &Path) -> Strin
     )
 }
 
+/// What the chain tests start from: servers, a run id, its input topic, a
+/// directory for the instances' files and their shared configuration.
+struct ChainSetup {
+    database: String,
+    run: String,
+    input: String,
+    dir: tempfile::TempDir,
+    shared: String,
+    client: reqwest::Client,
+}
+
+impl ChainSetup {
+    /// `None` (the test skips) without PostgreSQL or a broker, unless
+    /// `SLUICE_REQUIRE_SERVERS=1`.
+    async fn new() -> Option<Self> {
+        let brokers = sluice::test_servers::kafka_test_brokers().await?;
+        let database = sluice::store::postgres_test_database().await?;
+        let run = uuid::Uuid::now_v7().simple().to_string();
+        let shared = chain_config(&database, &brokers, &run, &chain_component());
+        Some(Self {
+            database,
+            input: format!("scale-{run}"),
+            run,
+            dir: tempfile::tempdir().unwrap(),
+            shared,
+            client: reqwest::Client::new(),
+        })
+    }
+}
+
+/// Events `from..from + BATCH` of run `run`: `step.a` over [`KEYS`] keys,
+/// numbered per key.
+fn inputs(run: &str, from: u64) -> Vec<Value> {
+    (from..from + BATCH)
+        .map(|i| {
+            json!({"id": format!("{run}-{i}"), "type": "step.a", "key": format!("{run}-k{}", i % KEYS), "data": {"n": i / KEYS}})
+        })
+        .collect()
+}
+
 /// Publishes `batch` through `instance`'s API, resending after failures.
 async fn publish(client: &reqwest::Client, instance: &Instance, input: &str, batch: &[Value]) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -158,24 +198,17 @@ async fn publish(client: &reqwest::Client, instance: &Instance, input: &str, bat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
-    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+    let Some(ChainSetup {
+        run,
+        input,
+        dir,
+        shared,
+        client,
+        ..
+    }) = ChainSetup::new().await
+    else {
         return;
     };
-    let Some(database) = sluice::store::postgres_test_database().await else {
-        return;
-    };
-    let chain = sluice::harness::build_components(
-        workspace(),
-        &["chain"],
-        &workspace().join("target").join("guests"),
-    )
-    .unwrap()
-    .remove(0);
-    let run = uuid::Uuid::now_v7().simple().to_string();
-    let input = format!("scale-{run}");
-    let dir = tempfile::tempdir().unwrap();
-    let shared = chain_config(&database, &brokers, &run, &chain);
-    let client = reqwest::Client::new();
     let a = Instance::start(dir.path(), "a", &shared);
     a.wait_healthy(&client).await;
     let mut b = Instance::start(dir.path(), "b", &shared);
@@ -184,13 +217,9 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
     // B has work to lose when it dies.
     wait_shared(&client, &[&a, &b], "first", 6).await;
 
-    let key = |i: u64| format!("{run}-k{}", i % KEYS);
     let mut next = 0;
     while next < EVENTS {
-        let batch: Vec<Value> = (next..next + BATCH)
-            .map(|i| json!({"id": format!("{run}-{i}"), "type": "step.a", "key": key(i), "data": {"n": i / KEYS}}))
-            .collect();
-        publish(&client, &a, &input, &batch).await;
+        publish(&client, &a, &input, &inputs(&run, next)).await;
         next += BATCH;
         let batches = next / BATCH;
         if batches == EVENTS / BATCH / 3 {
@@ -213,6 +242,18 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
     b.wait_healthy(&client).await;
 
     check_ledger(&client, &a.base, &run, dir.path(), &["a", "b", "c"]).await;
+    // What became of a consumed event, from any instance.
+    let story: Value = client
+        .get(format!("{}/v1/events/{run}-0", a.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(story["event"].is_null(), "{story}");
+    assert_eq!(story["processed_by"][0]["handler"], "first", "{story}");
+    assert_eq!(story["processed_by"][0]["outcome"], "ok", "{story}");
     // The work was shared: the surviving instances both processed events.
     let c = c.expect("C joined");
     let mut processed = Vec::new();
@@ -449,24 +490,17 @@ async fn registry_changes_reach_every_instance() {
 async fn survives_the_loss_of_postgres_connections() {
     use sqlx::Connection as _;
 
-    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+    let Some(ChainSetup {
+        run,
+        input,
+        dir,
+        shared,
+        client,
+        database,
+    }) = ChainSetup::new().await
+    else {
         return;
     };
-    let Some(database) = sluice::store::postgres_test_database().await else {
-        return;
-    };
-    let chain = sluice::harness::build_components(
-        workspace(),
-        &["chain"],
-        &workspace().join("target").join("guests"),
-    )
-    .unwrap()
-    .remove(0);
-    let run = uuid::Uuid::now_v7().simple().to_string();
-    let input = format!("scale-{run}");
-    let dir = tempfile::tempdir().unwrap();
-    let shared = chain_config(&database, &brokers, &run, &chain);
-    let client = reqwest::Client::new();
     let a = Instance::start(dir.path(), "a", &shared);
     a.wait_healthy(&client).await;
     let b = Instance::start(dir.path(), "b", &shared);
@@ -476,10 +510,7 @@ async fn survives_the_loss_of_postgres_connections() {
     let mut admin = sqlx::PgConnection::connect(&database).await.unwrap();
     let mut next = 0;
     while next < EVENTS {
-        let batch: Vec<Value> = (next..next + BATCH)
-            .map(|i| json!({"id": format!("{run}-{i}"), "type": "step.a", "key": format!("{run}-k{}", i % KEYS), "data": {"n": i / KEYS}}))
-            .collect();
-        publish(&client, &a, &input, &batch).await;
+        publish(&client, &a, &input, &inputs(&run, next)).await;
         next += BATCH;
         if (next / BATCH).is_multiple_of(5) && next < EVENTS {
             tokio::time::sleep(Duration::from_millis(200)).await;

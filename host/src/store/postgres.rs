@@ -395,16 +395,8 @@ impl Store for PostgresStore {
                 stale.push(claim);
             }
         }
-        let kept;
-        let batch = if stale.is_empty() {
-            original
-        } else {
-            let (without, fenced, partitions) = shared::without_fenced(original, &stale);
-            report.fenced = fenced;
-            report.fenced_partitions = partitions;
-            kept = without;
-            &kept
-        };
+        let kept = shared::fence(original, &stale, &mut report);
+        let batch = kept.as_ref().unwrap_or(original);
         // Processed records of the whole batch in a few multi-row
         // statements; RETURNING names the rows that were new. A row that
         // already existed (or is being inserted by a concurrent commit,

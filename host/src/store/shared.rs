@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use sqlx::{ColumnIndex, Database, Decode, Encode, QueryBuilder, Row, Type};
 
 use super::{
-    Appended, AttemptRecord, Batch, Claim, DeadLetter, DlqAction, DlqEntry, DlqFilter, DlqStatus,
-    Error, HandlerRecord, LogRecord, ManagedBy, PendingAction, Processed, ProcessedRecord, Result,
-    Store, TopicInfo, VersionInfo, from_json, to_json,
+    Appended, AttemptRecord, Batch, Claim, CommitReport, DeadLetter, DlqAction, DlqEntry,
+    DlqFilter, DlqStatus, Error, HandlerRecord, LogRecord, ManagedBy, PendingAction, Processed,
+    ProcessedRecord, Result, Store, TopicInfo, VersionInfo, from_json, to_json,
 };
 use crate::event::{Event, partition_for_key};
 
@@ -575,25 +575,25 @@ pub(crate) fn dead_letter_error(d: &DeadLetter) -> String {
         .unwrap_or_default()
 }
 
-/// A batch without its fenced outcomes, the (handler, event id)s left out
-/// and the (handler, topic, partition)s whose positions were left out.
-pub(crate) type Fenced = (
-    Batch,
-    HashSet<(String, String)>,
-    HashSet<(String, String, i32)>,
-);
-
-/// `batch` without what `stale` claims cover (their partitions were
-/// claimed again since the batch's events were read), the (handler, event
-/// id)s left out, and the partitions whose positions were left out.
-pub(crate) fn without_fenced(batch: &Batch, stale: &[&Claim]) -> Fenced {
+/// Leaves out of `original` what `stale` claims cover (their partitions
+/// were claimed again since the batch's events were read), telling the
+/// outcomes and positions left out in `report`; `None` when nothing is
+/// stale.
+pub(crate) fn fence(
+    original: &Batch,
+    stale: &[&Claim],
+    report: &mut CommitReport,
+) -> Option<Batch> {
+    if stale.is_empty() {
+        return None;
+    }
     let ids: HashSet<(String, String)> = stale
         .iter()
         .flat_map(|c| c.event_ids.iter().map(|id| (c.handler.clone(), id.clone())))
         .collect();
     // A position is left out only when no valid claim of the batch (the
     // partition claimed again by this same consumer) covers it.
-    let valid: HashSet<(&str, &str, i32)> = batch
+    let valid: HashSet<(&str, &str, i32)> = original
         .claims
         .iter()
         .filter(|c| !stale.contains(c))
@@ -605,18 +605,19 @@ pub(crate) fn without_fenced(batch: &Batch, stale: &[&Claim]) -> Fenced {
         .filter(|p| !valid.contains(p))
         .collect();
     let fenced = |handler: &str, id: &str| ids.contains(&(handler.to_owned(), id.to_owned()));
-    let mut kept = batch.clone();
+    let mut kept = original.clone();
     kept.processed.retain(|p| !fenced(&p.handler, &p.event_id));
     kept.dead_letters
         .retain(|d| !fenced(&d.handler, &d.record.event.id));
     kept.broker_positions
         .retain(|(h, t, p, _)| !partitions.contains(&(h.as_str(), t.as_str(), *p)));
     kept.claims.clear();
-    let partitions = partitions
+    report.fenced_partitions = partitions
         .into_iter()
         .map(|(h, t, p)| (h.to_owned(), t.to_owned(), p))
         .collect();
-    (kept, ids, partitions)
+    report.fenced = ids;
+    Some(kept)
 }
 
 /// The DLQ entry ids of every dead letter of `original`, given those of

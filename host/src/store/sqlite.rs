@@ -342,16 +342,8 @@ impl Store for SqliteStore {
                 stale.push(claim);
             }
         }
-        let kept;
-        let batch = if stale.is_empty() {
-            original
-        } else {
-            let (without, fenced, partitions) = shared::without_fenced(original, &stale);
-            report.fenced = fenced;
-            report.fenced_partitions = partitions;
-            kept = without;
-            &kept
-        };
+        let kept = shared::fence(original, &stale, &mut report);
+        let batch = kept.as_ref().unwrap_or(original);
         // Processed records of the whole batch in a few multi-row
         // statements; RETURNING names the rows that were new. A row that
         // already existed is a duplicate: its effects are not applied again.

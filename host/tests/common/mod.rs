@@ -12,6 +12,17 @@ pub fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
+/// The chain test fixture, built as a component.
+pub fn chain_component() -> PathBuf {
+    sluice::harness::build_components(
+        workspace(),
+        &["chain"],
+        &workspace().join("target").join("guests"),
+    )
+    .unwrap()
+    .remove(0)
+}
+
 /// A TCP port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
