@@ -41,6 +41,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod event;

@@ -55,6 +55,11 @@ enum Command {
     /// and print the outcome,
     /// emitted events, state writes and logs as JSON.
     Test(TestArgs),
+    /// Measure the embedded setups side by side: the raw log read, the WASM
+    /// pipeline and a naive one-transaction-per-event consumer (events/s,
+    /// CPU-seconds per million events, peak RSS, p50/p99 latency). See
+    /// BENCHMARKS.md.
+    Bench(BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -161,6 +166,31 @@ struct DeployArgs {
     no_activate: bool,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Events per setup.
+    #[arg(long, default_value_t = 20_000)]
+    events: u64,
+    /// Distinct event keys.
+    #[arg(long, default_value_t = 64)]
+    keys: u64,
+    /// Events appended per second (0: as fast as possible). The latency
+    /// target is measured at half of the maximum rate.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// The bench-guest component; by default it is built from the
+    /// repository (run from its root).
+    #[arg(long)]
+    component: Option<PathBuf>,
+    /// Setups to run, in order (default: raw, wasm, naive).
+    #[arg(long = "setup")]
+    setups: Vec<String>,
+    /// Run the one setup given in this process and print its measurement
+    /// as JSON (each setup runs in a process of its own).
+    #[arg(long, hide = true)]
+    child: bool,
 }
 
 #[derive(clap::Args)]
@@ -276,6 +306,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Test(args) => run_test(args),
+        Command::Bench(args) => async_main(bench(args)),
         Command::Run(args) => async_main(run_host(args)),
         Command::Publish(args) => async_main(publish(args)),
         Command::Dlq { command } => async_main(dlq(command)),
@@ -564,6 +595,55 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs each setup in a child process (its own CPU time and peak RSS),
+/// then prints the table.
+async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use sluice::bench;
+    let workload = bench::Workload {
+        events: args.events.max(1),
+        keys: args.keys.max(1),
+        rate: args.rate.max(0.0),
+    };
+    let component = bench::component(args.component.clone())?;
+    let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if args.child {
+        let setup = args.setups.first().context("--child needs one --setup")?;
+        let measured = bench::run_setup(setup, workload, &component, &dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("{}", serde_json::to_string(&measured?)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let setups: Vec<String> = if args.setups.is_empty() {
+        bench::SETUPS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.setups.clone()
+    };
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let mut results = Vec::new();
+    for setup in &setups {
+        eprintln!("running {setup} ({} events)...", workload.events);
+        let out = tokio::process::Command::new(&exe)
+            .args(["bench", "--child", "--setup", setup])
+            .args(["--events", &workload.events.to_string()])
+            .args(["--keys", &workload.keys.to_string()])
+            .args(["--rate", &workload.rate.to_string()])
+            .arg("--component")
+            .arg(&component)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .await
+            .with_context(|| format!("running setup {setup}"))?;
+        anyhow::ensure!(out.status.success(), "setup {setup} failed");
+        let measured: bench::Measurement = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("reading the measurement of {setup}"))?;
+        results.push(measured);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    print!("{}", bench::table(&results));
     Ok(ExitCode::SUCCESS)
 }
 
