@@ -1,5 +1,8 @@
 //! Kafka through rdkafka: an idempotent producer that publishes events in
-//! order and returns once the broker has acknowledged them all.
+//! order and returns once the broker has acknowledged them all
+//! ([`KafkaPublisher`]), and a consumer-group member per handler whose
+//! partitions start where the store says and never skip a record
+//! ([`Subscription`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;

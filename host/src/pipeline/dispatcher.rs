@@ -20,6 +20,11 @@
 //!   in flight per handler, and what completes meanwhile forms the next
 //!   batch. The handler's position on a topic advances to just before the
 //!   oldest event that is not committed yet, in the same transaction.
+//! * **Kafka.** With a Kafka broker each assigned partition has a cursor,
+//!   started from the position its claim read in the store; outcomes carry
+//!   the claim's epoch, so those of a partition another instance claimed
+//!   since are fenced at commit. A revoked partition's queued work is
+//!   abandoned to its new owner.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
