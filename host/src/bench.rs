@@ -3,6 +3,8 @@
 //! that CPU time and peak RSS are its own):
 //!
 //! * `raw`: the ceiling, reading the log with nothing else;
+//! * `native`: the same pipeline with the same handler compiled into the
+//!   host ([`BenchStep`]), no WASM;
 //! * `wasm`: the pipeline with the `bench-guest` component (one state read
 //!   and write, one emit per event);
 //! * `naive`: a hand-written idempotent consumer doing the same work with
@@ -10,8 +12,8 @@
 //!
 //! Each reports events per second, CPU-seconds per million events, peak
 //! RSS, and (for consumers that commit effects) p50/p99 latency from
-//! append to effect committed. Not yet here: the native-handler baseline
-//! and the Kafka + PostgreSQL setup (issue 6).
+//! append to effect committed. Not yet here: the Kafka + PostgreSQL setup
+//! (issue 6).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,7 +49,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The setups, in the order the table shows them.
-pub const SETUPS: &[&str] = &["raw", "wasm", "naive"];
+pub const SETUPS: &[&str] = &["raw", "native", "wasm", "naive"];
 
 /// What one setup measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,7 +126,8 @@ pub async fn run_setup(
     store.ensure_topic(TOPIC, 4).await?;
     match setup {
         "raw" => raw(&store, workload, setup).await,
-        "wasm" => wasm(store, &url, workload, component, setup).await,
+        "wasm" => pipeline(store, &url, workload, component, setup, false).await,
+        "native" => pipeline(store, &url, workload, component, setup, true).await,
         "naive" => naive(&store, &url, workload, setup).await,
         other => Err(Error::Other(format!("unknown setup {other}"))),
     }
@@ -171,13 +174,44 @@ async fn raw(store: &Arc<dyn Store>, workload: Workload, setup: &str) -> Result<
     finish(setup, read, started, cpu, None)
 }
 
-/// The pipeline with the WASM handler; events are appended while it runs.
-async fn wasm(
+/// `bench-guest`'s `step` compiled into the host: reads the key's `seen`
+/// counter (JSON), writes it plus one, and emits one event with the old
+/// value, keyed like its cause.
+#[derive(Debug)]
+pub struct BenchStep;
+
+impl crate::runtime::NativeHandler for BenchStep {
+    fn handle(
+        &self,
+        event: &Event,
+        state: &crate::runtime::StateMap,
+        out: &mut crate::runtime::NativeOutput,
+    ) -> std::result::Result<(), String> {
+        let seen: u64 = match state.get("seen") {
+            Some(v) => serde_json::from_slice(v).map_err(|e| e.to_string())?,
+            None => 0,
+        };
+        let next = serde_json::to_vec(&(seen + 1)).map_err(|e| e.to_string())?;
+        out.state_changes.insert("seen".into(), Some(next));
+        out.emitted.push((
+            "bench-out".into(),
+            "bench.stepped".into(),
+            seen.to_string().into_bytes(),
+            event.key.clone(),
+        ));
+        Ok(())
+    }
+}
+
+/// The pipeline running the benchmark handler, as a component or natively
+/// (`native`); events are appended while it runs.
+async fn pipeline(
     store: Arc<dyn Store>,
     url: &str,
     workload: Workload,
     component: &Path,
     setup: &str,
+    native: bool,
 ) -> Result<Measurement> {
     let mut config = Config::default();
     config.store.url = url.to_owned();
@@ -198,7 +232,13 @@ async fn wasm(
     }];
     let runtime = Arc::new(Runtime::new(RuntimeConfig::default())?);
     let signals = Signals::new();
-    let pipeline = Pipeline::start(&config, store.clone(), runtime, signals.clone()).await?;
+    let mut natives: BTreeMap<String, Arc<dyn crate::runtime::NativeHandler>> = BTreeMap::new();
+    if native {
+        natives.insert(HANDLER.into(), Arc::new(BenchStep));
+    }
+    let pipeline =
+        Pipeline::start_with_natives(&config, store.clone(), runtime, signals.clone(), natives)
+            .await?;
     let stats = pipeline
         .stats(HANDLER)
         .ok_or_else(|| Error::Other("the bench handler did not start".into()))?;
@@ -399,15 +439,15 @@ pub fn table(results: &[Measurement]) -> String {
     }
     let rate = |s: &str| results.iter().find(|m| m.setup == s).map(Measurement::rate);
     if let Some(wasm) = rate("wasm") {
-        for (other, label) in [("raw", "(c)/(a) wasm/raw"), ("naive", "(c)/(d) wasm/naive")] {
+        for (other, label) in [
+            ("native", "(c)/(b) wasm/native"),
+            ("raw", "(c)/(a) wasm/raw"),
+            ("naive", "(c)/(d) wasm/naive"),
+        ] {
             if let Some(r) = rate(other) {
                 let _ = writeln!(out, "{label}: {:.2}", wasm / r);
             }
         }
-        let _ = writeln!(
-            out,
-            "(c)/(b) wasm/native: not measured yet (no native setup)"
-        );
     }
     out
 }

@@ -55,8 +55,9 @@ enum Command {
     /// and print the outcome,
     /// emitted events, state writes and logs as JSON.
     Test(TestArgs),
-    /// Measure the embedded setups side by side: the raw log read, the WASM
-    /// pipeline and a naive one-transaction-per-event consumer (events/s,
+    /// Measure the embedded setups side by side: the raw log read, the
+    /// pipeline with a native handler, the WASM pipeline and a naive
+    /// one-transaction-per-event consumer (events/s,
     /// CPU-seconds per million events, peak RSS, p50/p99 latency). See
     /// BENCHMARKS.md.
     Bench(BenchArgs),
@@ -184,7 +185,7 @@ struct BenchArgs {
     /// repository (run from its root).
     #[arg(long)]
     component: Option<PathBuf>,
-    /// Setups to run, in order (default: raw, wasm, naive).
+    /// Setups to run, in order (default: raw, native, wasm, naive).
     #[arg(long = "setup")]
     setups: Vec<String>,
     /// Run the one setup given in this process and print its measurement

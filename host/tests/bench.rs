@@ -32,7 +32,7 @@ fn bench_runs_every_setup_on_a_tiny_workload() {
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
-    for setup in ["raw", "wasm", "naive"] {
+    for setup in ["raw", "native", "wasm", "naive"] {
         let row = rows
             .iter()
             .find(|r| r.first() == Some(&setup))
@@ -44,6 +44,7 @@ fn bench_runs_every_setup_on_a_tiny_workload() {
     // The consumers that commit effects report their latency.
     let wasm = rows.iter().find(|r| r.first() == Some(&"wasm")).unwrap();
     assert_ne!(wasm[5], "-", "{stdout}");
+    assert!(stdout.contains("(c)/(b) wasm/native:"), "{stdout}");
     assert!(stdout.contains("(c)/(a) wasm/raw:"), "{stdout}");
     assert!(stdout.contains("(c)/(d) wasm/naive:"), "{stdout}");
 }

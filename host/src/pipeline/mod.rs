@@ -346,6 +346,25 @@ struct Parts {
     publisher: Option<Arc<dyn Publisher>>,
     /// `None` once the pipeline is shutting down.
     committer: std::sync::Mutex<Option<Committer>>,
+    /// Handlers that run natively instead of their component (benchmarks).
+    natives: BTreeMap<String, Arc<dyn runtime::NativeHandler>>,
+}
+
+impl Parts {
+    /// `name` bound to `component` under `limits`, or to its native
+    /// implementation if it has one.
+    fn bind(
+        &self,
+        name: &str,
+        component: Arc<LoadedComponent>,
+        limits: runtime::Limits,
+    ) -> Handler {
+        let handler = self.runtime.handler(name, component, limits);
+        match self.natives.get(name) {
+            Some(native) => handler.with_native(native.clone()),
+            None => handler,
+        }
+    }
 }
 
 /// A running pipeline: the committer, the relay, and one dispatcher per
@@ -377,6 +396,18 @@ impl Pipeline {
         store: Arc<dyn Store>,
         runtime: Arc<Runtime>,
         signals: Signals,
+    ) -> Result<Self> {
+        Self::start_with_natives(config, store, runtime, signals, BTreeMap::new()).await
+    }
+
+    /// [`Pipeline::start`], with some handlers running natively in the host
+    /// instead of their components (the benchmarks' baseline).
+    pub async fn start_with_natives(
+        config: &Config,
+        store: Arc<dyn Store>,
+        runtime: Arc<Runtime>,
+        signals: Signals,
+        natives: BTreeMap<String, Arc<dyn runtime::NativeHandler>>,
     ) -> Result<Self> {
         for handler in &config.handlers {
             check_broker_support(handler, &config.broker)?;
@@ -422,6 +453,7 @@ impl Pipeline {
                 broker: config.broker.clone(),
                 publisher: publisher.clone(),
                 committer: std::sync::Mutex::new(Some(committer)),
+                natives,
             },
             slots: std::sync::Mutex::new(BTreeMap::new()),
             declared: config.handlers.iter().map(|h| h.name.clone()).collect(),
@@ -637,8 +669,7 @@ impl Pipeline {
         );
         let bound = self
             .parts
-            .runtime
-            .handler(&config.name, component, config.limits.clone());
+            .bind(&config.name, component, config.limits.clone());
         let (version, version_rx) = watch::channel(bound);
         let (stop, stop_rx) = watch::channel(false);
         let dispatcher = match self.parts.broker.kind {
@@ -743,10 +774,7 @@ impl Pipeline {
         tracing::info!(handler, digest = %component.digest(), "version activated");
         match sender {
             Some(sender) => {
-                let next = self
-                    .parts
-                    .runtime
-                    .handler(handler, component, config.limits.clone());
+                let next = self.parts.bind(handler, component, config.limits.clone());
                 sender.send_replace(next);
             }
             None => {

@@ -361,6 +361,7 @@ impl Runtime {
             name: Arc::from(name),
             component,
             limits: Arc::new(limits),
+            native: None,
         }
     }
 }
@@ -440,6 +441,32 @@ pub struct Handler {
     name: Arc<str>,
     component: Arc<LoadedComponent>,
     limits: Arc<Limits>,
+    /// Runs instead of the component (which then only names the version).
+    native: Option<Arc<dyn NativeHandler>>,
+}
+
+/// A handler compiled into the host instead of a component: the baseline
+/// `sluice bench` compares the WASM pipeline with. It gets the event and
+/// its key's committed state, and fills in state changes and events to
+/// emit; ids, sources, times and inherited headers are given to those
+/// events as for a component's.
+pub trait NativeHandler: Send + Sync + 'static {
+    /// Handles one event; `Err` is a fatal failure.
+    fn handle(
+        &self,
+        event: &Event,
+        state: &StateMap,
+        out: &mut NativeOutput,
+    ) -> std::result::Result<(), String>;
+}
+
+/// What a [`NativeHandler`] did.
+#[derive(Debug, Default)]
+pub struct NativeOutput {
+    /// State writes for the event's key; `None` deletes.
+    pub state_changes: std::collections::BTreeMap<String, Option<Vec<u8>>>,
+    /// Events to emit: (topic, type, data, key).
+    pub emitted: Vec<(String, String, Vec<u8>, Option<String>)>,
 }
 
 impl std::fmt::Debug for Handler {
@@ -486,10 +513,75 @@ impl Handler {
         }
     }
 
+    /// The same handler, running `native` in the host instead of its
+    /// component (which still names the version).
+    pub fn with_native(&self, native: Arc<dyn NativeHandler>) -> Handler {
+        Handler {
+            native: Some(native),
+            ..self.clone()
+        }
+    }
+
+    fn invoke_native(
+        &self,
+        native: &dyn NativeHandler,
+        event: &Event,
+        state: &StateMap,
+    ) -> Invocation {
+        let started = Instant::now();
+        let mut out = NativeOutput::default();
+        let outcome = match native.handle(event, state, &mut out) {
+            Ok(()) => Outcome::Ok,
+            Err(message) => Outcome::Fatal { message },
+        };
+        let inherited = event::inherited_headers(event);
+        let emitted = if matches!(outcome, Outcome::Ok) {
+            out.emitted
+                .into_iter()
+                .enumerate()
+                .map(|(i, (topic, ty, data, key))| Event {
+                    id: event::emitted_event_id(
+                        &event.id,
+                        &self.name,
+                        u32::try_from(i).unwrap_or(u32::MAX),
+                    ),
+                    source: event::handler_source(&self.name),
+                    ty,
+                    time: Some(
+                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    ),
+                    content_type: None,
+                    data_schema: None,
+                    data,
+                    headers: inherited.clone(),
+                    key,
+                    topic,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Invocation {
+            state_changes: if matches!(outcome, Outcome::Ok) {
+                out.state_changes
+            } else {
+                Default::default()
+            },
+            outcome,
+            emitted,
+            logs: Vec::new(),
+            dropped_logs: 0,
+            elapsed: started.elapsed(),
+        }
+    }
+
     /// Runs `handle` for `event` (delivery attempt `attempt`, from 1) in a
     /// fresh instance, against `state`: the committed state of the event's
     /// key, ignored for keyless events.
     pub async fn invoke(&self, event: &Event, attempt: u32, state: StateMap) -> Invocation {
+        if let Some(native) = &self.native {
+            return self.invoke_native(native.as_ref(), event, &state);
+        }
         let started = Instant::now();
         let cause = Arc::new(event.clone());
         let state_bytes = bindings::state_size(&state);
