@@ -53,19 +53,31 @@ fn event(ty: &str, n: u64, id: u64) -> Event {
     }
 }
 
+/// Benchmarks one invocation of `handler` for an event of type `ty` with
+/// `{"n": n}`, which must succeed.
+fn bench_invoke(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    tokio: &tokio::runtime::Runtime,
+    handler: &Handler,
+    ty: &str,
+    n: u64,
+) {
+    let e = event(ty, n, 1);
+    group.bench_function(ty, |b| {
+        b.to_async(tokio).iter(|| async {
+            let done = handler.invoke(&e, 1, StateMap::new()).await;
+            assert!(matches!(done.outcome, Outcome::Ok), "{:?}", done.outcome);
+            done
+        })
+    });
+}
+
 fn invocations(c: &mut Criterion) {
     let tokio = tokio::runtime::Runtime::new().unwrap();
     let handler = handler();
     let mut group = c.benchmark_group("invoke");
     for ty in ["noop", "step"] {
-        let e = event(ty, 1, 1);
-        group.bench_function(ty, |b| {
-            b.to_async(&tokio).iter(|| async {
-                let done = handler.invoke(&e, 1, StateMap::new()).await;
-                assert!(matches!(done.outcome, Outcome::Ok), "{:?}", done.outcome);
-                done
-            })
-        });
+        bench_invoke(&mut group, &tokio, &handler, ty, 1);
     }
     group.finish();
 
@@ -73,14 +85,7 @@ fn invocations(c: &mut Criterion) {
     const CALLS: u64 = 100;
     group.throughput(Throughput::Elements(CALLS));
     for ty in ["emit", "state"] {
-        let e = event(ty, CALLS, 1);
-        group.bench_function(ty, |b| {
-            b.to_async(&tokio).iter(|| async {
-                let done = handler.invoke(&e, 1, StateMap::new()).await;
-                assert!(matches!(done.outcome, Outcome::Ok), "{:?}", done.outcome);
-                done
-            })
-        });
+        bench_invoke(&mut group, &tokio, &handler, ty, CALLS);
     }
     group.finish();
 }

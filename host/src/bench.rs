@@ -171,7 +171,7 @@ async fn raw(store: &Arc<dyn Store>, workload: Workload, setup: &str) -> Result<
         after = last.seq;
         read += batch.len() as u64;
     }
-    finish(setup, read, started, cpu, None)
+    finish(setup, read, started, cpu)
 }
 
 /// `bench-guest`'s `step` compiled into the host: reads the key's `seen`
@@ -260,7 +260,7 @@ async fn pipeline(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let measured = finish(setup, workload.events, started, cpu, None);
+    let measured = finish(setup, workload.events, started, cpu);
     pipeline.shutdown().await;
     let mut measured = measured?;
     measured.latency_ms = latencies(url).await?;
@@ -333,25 +333,19 @@ async fn naive(
             }
         }
     }
-    let mut measured = finish(setup, workload.events, started, cpu, None)?;
+    let mut measured = finish(setup, workload.events, started, cpu)?;
     measured.latency_ms = latencies(url).await?;
     Ok(measured)
 }
 
-fn finish(
-    setup: &str,
-    events: u64,
-    started: Instant,
-    cpu_before: f64,
-    latency_ms: Option<(f64, f64)>,
-) -> Result<Measurement> {
+fn finish(setup: &str, events: u64, started: Instant, cpu_before: f64) -> Result<Measurement> {
     Ok(Measurement {
         setup: setup.to_owned(),
         events,
         seconds: started.elapsed().as_secs_f64(),
         cpu_seconds: cpu_seconds() - cpu_before,
         peak_rss_mib: peak_rss_mib(),
-        latency_ms,
+        latency_ms: None,
     })
 }
 

@@ -258,11 +258,7 @@ pub struct DeadLetter {
 /// (the last attempt's outcome and message).
 pub fn dead_letter_event(d: &DeadLetter, dlq_id: i64, topic: &str) -> Event {
     let mut event = d.record.event.clone();
-    let error = d
-        .attempts
-        .last()
-        .map(|a| format!("{}: {}", a.outcome, a.error))
-        .unwrap_or_default();
+    let error = shared::dead_letter_error(d);
     for (name, value) in [
         ("dlqid", dlq_id.to_string()),
         ("dlqhandler", d.handler.clone()),

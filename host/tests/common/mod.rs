@@ -38,8 +38,6 @@ pub struct Host {
     pub config: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
-    /// Extra environment of the process.
-    pub env: Vec<(String, String)>,
 }
 
 impl Host {
@@ -49,7 +47,6 @@ impl Host {
             config,
             log,
             child: None,
-            env: Vec::new(),
         }
     }
 
@@ -64,7 +61,6 @@ impl Host {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("SLUICE_LOG", "info")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
