@@ -138,7 +138,9 @@ pub struct BrokerConfig {
     /// Replication factor of the topics created.
     pub replication_factor: i32,
     /// Extra librdkafka properties for producers and consumers
-    /// (`security.protocol`, `sasl.*`, ...).
+    /// (`security.protocol`, `sasl.*`, ...). A consumer's `client.id` is
+    /// `{client.id}-{handler}-{random}` (`sluice` when unset): unique, as
+    /// it names the owner of the partitions the consumer claims.
     pub properties: std::collections::BTreeMap<String, String>,
 }
 

@@ -1,6 +1,7 @@
 //! Several `sluice run` instances on Kafka and PostgreSQL sharing the work
-//! through the consumer groups: one is killed with SIGKILL mid-stream and a
-//! third joins (a rebalance) while events flow through a two-handler chain.
+//! through the consumer groups: one of two is killed with SIGKILL
+//! mid-stream and the survivor alone takes over its partitions, then a
+//! third joins (a rebalance), while events flow through a two-handler chain.
 //! Ledger: every key's state lists (the effects, in the shared store) hold
 //! each number exactly once, in publish order. Skips without PostgreSQL or a
 //! broker unless `SLUICE_REQUIRE_SERVERS=1`.
@@ -74,7 +75,14 @@ async fn state_list(
 /// Waits until every key's state lists (the effects, in the shared store)
 /// hold each number exactly once, in publish order, for both handlers of
 /// the chain; fails at once on a gap, a duplicate or a reordering.
-async fn check_ledger(client: &reqwest::Client, base: &str, run: &str, dir: &Path, names: &[&str]) {
+async fn check_ledger(
+    client: &reqwest::Client,
+    base: &str,
+    run: &str,
+    dir: &Path,
+    names: &[&str],
+    events: u64,
+) {
     let logs = || {
         names
             .iter()
@@ -88,7 +96,7 @@ async fn check_ledger(client: &reqwest::Client, base: &str, run: &str, dir: &Pat
             .join("\n")
     };
     let mut expected: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for i in 0..EVENTS {
+    for i in 0..events {
         expected
             .entry(format!("{run}-k{}", i % KEYS))
             .or_default()
@@ -213,35 +221,45 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
     a.wait_healthy(&client).await;
     let mut b = Instance::start(dir.path(), "b", &shared);
     b.wait_healthy(&client).await;
-    let mut c: Option<Instance> = None;
     // B has work to lose when it dies.
     wait_shared(&client, &[&a, &b], "first", 6).await;
 
+    // Mid-stream, B dies without a chance to clean up and stays dead: A
+    // alone must take over B's partitions and finish the first two thirds.
+    let third = EVENTS / BATCH / 3 * BATCH;
     let mut next = 0;
+    while next < 2 * third {
+        publish(&client, &a, &input, &inputs(&run, next)).await;
+        next += BATCH;
+        if next == third {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            b.host.kill();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let survivor_started = Instant::now();
+    check_ledger(&client, &a.base, &run, dir.path(), &["a", "b"], next).await;
+    eprintln!(
+        "A alone finished {next} events {:?} after the last was published",
+        survivor_started.elapsed()
+    );
+    let a_first = stats(&client, &a, "first").await;
+    assert_eq!(a_first["partitions"].as_u64(), Some(6), "{a_first}");
+
+    // A third instance joins mid-stream: the partitions are dealt again.
+    let mut c: Option<Instance> = None;
     while next < EVENTS {
         publish(&client, &a, &input, &inputs(&run, next)).await;
         next += BATCH;
-        let batches = next / BATCH;
-        if batches == EVENTS / BATCH / 3 {
-            // Mid-stream: B dies without a chance to clean up, and stays
-            // dead past its session timeout.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            b.host.kill();
-            tokio::time::sleep(Duration::from_secs(8)).await;
-        }
-        if batches == 2 * EVENTS / BATCH / 3 {
-            // A third instance joins: the partitions are dealt again.
+        if c.is_none() {
             let joined = Instance::start(dir.path(), "c", &shared);
             joined.wait_healthy(&client).await;
             c = Some(joined);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // B comes back, as its supervisor would restart it.
-    b.host.spawn();
-    b.wait_healthy(&client).await;
 
-    check_ledger(&client, &a.base, &run, dir.path(), &["a", "b", "c"]).await;
+    check_ledger(&client, &a.base, &run, dir.path(), &["a", "b", "c"], EVENTS).await;
     // What became of a consumed event, from any instance.
     let story: Value = client
         .get(format!("{}/v1/events/{run}-0", a.base))
@@ -274,6 +292,9 @@ async fn instances_share_the_work_and_survive_a_kill_and_a_rebalance() {
     }
     eprintln!("processed by first on A and C: {processed:?}");
     assert!(processed.iter().all(|n| *n > 0), "{processed:?}");
+    if std::env::var_os("SLUICE_TEST_SHOW_LOGS").is_some() {
+        eprintln!("--- a\n{}\n--- c\n{}", a.host.output(), c.host.output());
+    }
 }
 
 /// The stats of `handler` on `instance`.
@@ -526,7 +547,7 @@ async fn survives_the_loss_of_postgres_connections() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    check_ledger(&client, &a.base, &run, dir.path(), &["a", "b"]).await;
+    check_ledger(&client, &a.base, &run, dir.path(), &["a", "b"], EVENTS).await;
     if std::env::var_os("SLUICE_TEST_SHOW_LOGS").is_some() {
         eprintln!("--- a\n{}\n--- b\n{}", a.host.output(), b.host.output());
     }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -199,15 +199,25 @@ pub enum Input {
 /// An assigned partition, its stored position and its claim's epoch.
 pub type Assigned = (TopicPartition, Option<i64>, i64);
 
-/// Claims partitions of a topic in the store and reads their positions:
-/// partition → (last offset done, epoch); see
-/// [`crate::store::Store::claim_partitions`]. Called on the subscription's
-/// thread during a rebalance, so it may block.
-pub type Claims = Arc<
-    dyn Fn(&str, &[i32]) -> std::result::Result<HashMap<i32, (Option<i64>, i64)>, String>
-        + Send
-        + Sync,
->;
+/// The store's side of a subscription: its partition claims (see
+/// [`crate::store::Store::claim_partitions`]). Called on the
+/// subscription's thread, during rebalances too, so it may block.
+pub trait ClaimStore: Send + Sync {
+    /// Claims `partitions` of `topic` for the consumer `owner` and reads
+    /// their positions: partition → (last offset done, epoch).
+    fn claim(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        owner: &str,
+    ) -> std::result::Result<HashMap<i32, (Option<i64>, i64)>, String>;
+
+    /// The latest claim of each partition: (topic, partition, owner).
+    fn owners(&self) -> std::result::Result<Vec<(String, i32, String)>, String>;
+}
+
+/// A shared [`ClaimStore`].
+pub type Claims = Arc<dyn ClaimStore>;
 
 /// Gives each assigned partition its start offset from the store, inside
 /// the rebalance itself: the consumer never starts anywhere else, whatever
@@ -217,6 +227,9 @@ struct GroupContext {
     claims: Claims,
     stop: Arc<AtomicBool>,
     handler: String,
+    /// This consumer's `client.id`, which names it in its claims and
+    /// prefixes its group member id.
+    owner: String,
     /// The next offset each owned partition must deliver (see
     /// [`Contiguity`]); touched by the polling thread only.
     next: std::sync::Mutex<HashMap<TopicPartition, Contiguity>>,
@@ -311,7 +324,7 @@ impl GroupContext {
         let mut assigned = Vec::with_capacity(list.len());
         for (topic, partitions) in by_topic {
             let claimed = loop {
-                match (self.claims)(topic, &partitions) {
+                match self.claims.claim(topic, &partitions, &self.owner) {
                     Ok(claimed) => break claimed,
                     Err(error) => {
                         if self.stop.load(Ordering::Relaxed) {
@@ -419,6 +432,118 @@ impl rdkafka::consumer::ConsumerContext for GroupContext {
     }
 }
 
+/// How often the [`Watchdog`] looks at the group.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// How long partitions stay orphaned, with the group stable, before the
+/// [`Watchdog`] acts: longer than a rebalance takes to write its claims.
+const ORPHAN_GRACE: Duration = Duration::from_secs(6);
+
+/// How long a member that left to rejoin waits before subscribing again:
+/// the leave (after the revocation) must reach the coordinator first.
+const REJOIN_AFTER: Duration = Duration::from_secs(1);
+
+/// Deals orphaned partitions again. A partition is orphaned when its
+/// latest claim belongs to a consumer that is no longer a member of the
+/// group while the group is stable. The coordinator should have rebalanced
+/// when that member left or its session expired; measured with tansu
+/// 0.6.0, it drops the member but gives every survivor its old
+/// assignment back, so the partitions stay unconsumed until another member
+/// joins. The lowest live member then leaves and rejoins as a new member,
+/// which makes any coordinator deal all partitions again. On a coordinator
+/// that rebalances, the new owners' claims end the orphaning within
+/// [`ORPHAN_GRACE`], and the watchdog does nothing.
+struct Watchdog {
+    group: String,
+    owner: String,
+    handler: String,
+    topics: Vec<String>,
+    claims: Claims,
+    next_check: Instant,
+    orphaned_since: Option<Instant>,
+    /// Left the group to rejoin at this instant.
+    rejoin_at: Option<Instant>,
+}
+
+/// Whether group member `member` is the consumer `owner` (member ids are
+/// `{client.id}-{uuid}`).
+fn is_member(member: &str, owner: &str) -> bool {
+    member
+        .strip_prefix(owner)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+}
+
+impl Watchdog {
+    fn tick(&mut self, consumer: &BaseConsumer<GroupContext>) {
+        use rdkafka::consumer::Consumer;
+        let now = Instant::now();
+        if let Some(at) = self.rejoin_at {
+            if now >= at {
+                self.rejoin_at = None;
+                let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+                if let Err(error) = consumer.subscribe(&names) {
+                    tracing::error!(handler = %self.handler, "kafka: subscribing again failed: {error}");
+                    self.rejoin_at = Some(now + REJOIN_AFTER);
+                }
+            }
+            return;
+        }
+        if now < self.next_check {
+            return;
+        }
+        self.next_check = now + WATCH_EVERY;
+        match self.orphaned(consumer) {
+            Ok(orphaned) if orphaned.is_empty() => self.orphaned_since = None,
+            Ok(orphaned) => {
+                let since = *self.orphaned_since.get_or_insert(now);
+                if now.duration_since(since) >= ORPHAN_GRACE {
+                    tracing::warn!(handler = %self.handler, ?orphaned, "kafka partitions owned by no group member; rejoining the group so that they are dealt again");
+                    self.orphaned_since = None;
+                    consumer.unsubscribe();
+                    self.rejoin_at = Some(now + REJOIN_AFTER);
+                }
+            }
+            Err(error) => {
+                self.orphaned_since = None;
+                tracing::debug!(handler = %self.handler, "kafka group check: {error}");
+            }
+        }
+    }
+
+    /// The orphaned partitions of the subscribed topics (see [`Watchdog`]),
+    /// if this consumer is the one to act on them: the live member whose
+    /// id sorts first.
+    fn orphaned(
+        &self,
+        consumer: &BaseConsumer<GroupContext>,
+    ) -> std::result::Result<Vec<(String, i32, String)>, String> {
+        use rdkafka::consumer::Consumer;
+        let list = consumer
+            .fetch_group_list(Some(&self.group), Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        let Some(group) = list.groups().iter().find(|g| g.name() == self.group) else {
+            return Ok(Vec::new());
+        };
+        if group.state() != "Stable" {
+            return Ok(Vec::new());
+        }
+        let members: Vec<&str> = group.members().iter().map(|m| m.id()).collect();
+        let first = members.iter().min();
+        if !first.is_some_and(|id| is_member(id, &self.owner)) {
+            return Ok(Vec::new());
+        }
+        let owners = self.claims.owners()?;
+        Ok(owners
+            .into_iter()
+            .filter(|(topic, _, owner)| {
+                !owner.is_empty()
+                    && self.topics.contains(topic)
+                    && !members.iter().any(|id| is_member(id, owner))
+            })
+            .collect())
+    }
+}
+
 /// A handler's consumer: one member of the group `{group_prefix}.{handler}`,
 /// which every host instance joins, so the partitions are shared among
 /// them. A thread of its own polls it and sends [`Input`]s in order. Offsets
@@ -446,8 +571,21 @@ impl Subscription {
         use rdkafka::consumer::Consumer;
         let (inputs, receiver) = mpsc::channel(capacity.max(1));
         let stop = Arc::new(AtomicBool::new(false));
+        let group = format!("{}.{handler}", config.group_prefix);
+        // Unique per consumer: it names the owner of each claim, and group
+        // member ids start with it (`{client.id}-{uuid}`), which is how the
+        // watchdog tells whether a claim's owner is still in the group.
+        let owner = format!(
+            "{}-{handler}-{}",
+            config
+                .properties
+                .get("client.id")
+                .map_or("sluice", String::as_str),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let consumer: BaseConsumer<GroupContext> = client_config(config)
-            .set("group.id", format!("{}.{handler}", config.group_prefix))
+            .set("group.id", &group)
+            .set("client.id", &owner)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set(
@@ -456,9 +594,10 @@ impl Subscription {
             )
             .create_with_context(GroupContext {
                 inputs: inputs.clone(),
-                claims,
+                claims: claims.clone(),
                 stop: stop.clone(),
                 handler: handler.to_owned(),
+                owner: owner.clone(),
                 next: Default::default(),
             })?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -467,12 +606,25 @@ impl Subscription {
         let polled = consumer.clone();
         let stopped = stop.clone();
         let name = handler.to_owned();
+        let mut watchdog = Watchdog {
+            group,
+            owner,
+            handler: handler.to_owned(),
+            topics: topics.to_vec(),
+            claims,
+            next_check: Instant::now() + WATCH_EVERY,
+            orphaned_since: None,
+            rejoin_at: None,
+        };
         std::thread::Builder::new()
             .name(format!("kafka-{handler}"))
             .spawn(move || {
                 while !stopped.load(Ordering::Relaxed) {
+                    watchdog.tick(&polled);
                     match polled.poll(Duration::from_millis(100)) {
                         None => {}
+                        // Between leaving and rejoining nothing is ours.
+                        Some(Ok(_)) if watchdog.rejoin_at.is_some() => {}
                         Some(Ok(m)) => {
                             let verdict =
                                 polled

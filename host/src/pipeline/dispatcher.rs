@@ -185,6 +185,36 @@ struct KafkaInput {
     cursors: HashMap<kafka::TopicPartition, usize>,
 }
 
+/// A Kafka subscription's claims, in the store, for one handler; blocks
+/// the subscription's thread on the runtime.
+struct StoreClaims {
+    runtime: tokio::runtime::Handle,
+    store: Arc<dyn Store>,
+    handler: String,
+}
+
+impl kafka::ClaimStore for StoreClaims {
+    fn claim(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        owner: &str,
+    ) -> Result<HashMap<i32, (Option<i64>, i64)>, String> {
+        self.runtime
+            .block_on(
+                self.store
+                    .claim_partitions(&self.handler, topic, partitions, owner),
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    fn owners(&self) -> Result<Vec<(String, i32, String)>, String> {
+        self.runtime
+            .block_on(self.store.partition_owners(&self.handler))
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl Dispatcher {
     /// Prepares a dispatcher: reads its positions, parked keys and the
     /// attempts of events that were being retried.
@@ -256,12 +286,10 @@ impl Dispatcher {
         pipeline: &PipelineConfig,
         broker: &BrokerConfig,
     ) -> Result<Self, String> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
-        let (reader, name) = (store.clone(), cfg.name.clone());
-        let claims: kafka::Claims = Arc::new(move |topic: &str, partitions: &[i32]| {
-            runtime
-                .block_on(reader.claim_partitions(&name, topic, partitions))
-                .map_err(|e| e.to_string())
+        let claims: kafka::Claims = Arc::new(StoreClaims {
+            runtime: tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?,
+            store: store.clone(),
+            handler: cfg.name.clone(),
         });
         let (subscription, inputs) = kafka::Subscription::start(
             broker,

@@ -1213,7 +1213,7 @@ async fn outcomes_of_a_partition_claimed_since_are_fenced(s: &TestStore) {
         ..processed("h", "t", 0, id, Some("k"))
     };
     // Nothing stored yet: the first claim has no position.
-    let first = s.claim_partitions("h", "t", &[0, 1]).await.unwrap();
+    let first = s.claim_partitions("h", "t", &[0, 1], "one").await.unwrap();
     assert_eq!(first, HashMap::from([(0, (None, 1)), (1, (None, 1))]));
     let report = s
         .commit(&Batch {
@@ -1226,8 +1226,19 @@ async fn outcomes_of_a_partition_claimed_since_are_fenced(s: &TestStore) {
         .unwrap();
     assert!(report.fenced.is_empty());
     // Another consumer claims the partition and reads where it stands.
-    let second = s.claim_partitions("h", "t", &[0]).await.unwrap();
+    let second = s.claim_partitions("h", "t", &[0], "two").await.unwrap();
     assert_eq!(second, HashMap::from([(0, (Some(10), 2))]));
+    // The latest claimant of each partition.
+    let mut owners = s.partition_owners("h").await.unwrap();
+    owners.sort();
+    assert_eq!(
+        owners,
+        vec![
+            ("t".to_string(), 0, "two".to_string()),
+            ("t".to_string(), 1, "one".to_string())
+        ]
+    );
+    assert!(s.partition_owners("other").await.unwrap().is_empty());
     // The first owner's late outcome (and position) no longer apply; its
     // other claims' outcomes in the same batch do.
     let late = Claim {

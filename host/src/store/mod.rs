@@ -542,13 +542,18 @@ pub trait Store: Send + Sync + 'static {
     /// Claims `partitions` of `topic` for `handler` (a consumer was just
     /// assigned them) and reads their positions, in one transaction: each
     /// claim's epoch goes up, so outcomes read under an earlier claim no
-    /// longer commit. Returns partition → (position, epoch).
+    /// longer commit. `owner` names the claimant (a consumer's client id).
+    /// Returns partition → (position, epoch).
     async fn claim_partitions(
         &self,
         handler: &str,
         topic: &str,
         partitions: &[i32],
+        owner: &str,
     ) -> Result<HashMap<i32, (Option<i64>, i64)>>;
+
+    /// `handler`'s latest claims: (topic, partition, owner) each.
+    async fn partition_owners(&self, handler: &str) -> Result<Vec<(String, i32, String)>>;
 
     /// Up to `limit` undelivered outbox rows, oldest first, with their
     /// outbox sequence numbers: what a relay to an external broker

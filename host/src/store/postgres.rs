@@ -665,16 +665,18 @@ impl Store for PostgresStore {
         handler: &str,
         topic: &str,
         partitions: &[i32],
+        owner: &str,
     ) -> Result<HashMap<i32, (Option<i64>, i64)>> {
         let mut tx = self.pool.begin().await?;
         let mut claimed = HashMap::with_capacity(partitions.len());
         for partition in partitions {
             let epoch: i64 = sqlx::query_scalar(
-                "INSERT INTO partition_claims (handler, topic, partition, epoch) VALUES ($1, $2, $3, 1) ON CONFLICT (handler, topic, partition) DO UPDATE SET epoch = partition_claims.epoch + 1 RETURNING epoch",
+                "INSERT INTO partition_claims (handler, topic, partition, epoch, owner) VALUES ($1, $2, $3, 1, $4) ON CONFLICT (handler, topic, partition) DO UPDATE SET epoch = partition_claims.epoch + 1, owner = EXCLUDED.owner RETURNING epoch",
             )
             .bind(handler)
             .bind(topic)
             .bind(i64::from(*partition))
+            .bind(owner)
             .fetch_one(&mut *tx)
             .await?;
             // After the claim: every commit under an earlier epoch is in.
@@ -689,6 +691,22 @@ impl Store for PostgresStore {
         }
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    async fn partition_owners(&self, handler: &str) -> Result<Vec<(String, i32, String)>> {
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+            "SELECT topic, partition, owner FROM partition_claims WHERE handler = $1",
+        )
+        .bind(handler)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(topic, partition, owner)| {
+                let partition = i32::try_from(partition)
+                    .map_err(|_| Error::Corrupt(format!("broker partition {partition}")))?;
+                Ok((topic, partition, owner))
+            })
+            .collect()
     }
 
     async fn outbox_backlog(&self) -> Result<i64> {
