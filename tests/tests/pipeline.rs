@@ -61,6 +61,7 @@ on_both_stores! {
     a_restart_resumes_where_it_stopped,
     filtered_events_move_the_position_without_filling_the_window,
     hot_swap_under_load_then_roll_back,
+    an_outcome_that_does_not_apply_undoes_the_work_built_on_it,
 }
 
 struct Host {
@@ -657,4 +658,109 @@ async fn hot_swap_under_load_then_roll_back(backend: Backend) {
         pipeline.active_digest("first").as_deref(),
         Some(v1.digest())
     );
+}
+
+/// Counts a key's events in its state field `n`, slowly (300 ms each).
+/// Event `e1` also says when it started, then waits for `go`.
+#[derive(Default)]
+struct SlowCounter {
+    started: std::sync::atomic::AtomicBool,
+    go: std::sync::atomic::AtomicBool,
+}
+
+impl sluice::runtime::NativeHandler for SlowCounter {
+    fn handle(
+        &self,
+        event: &Event,
+        state: &sluice::runtime::StateMap,
+        out: &mut sluice::runtime::NativeOutput,
+    ) -> Result<(), String> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n: u64 = state
+            .get("n")
+            .map(|v| serde_json::from_slice(v).map_err(|e| e.to_string()))
+            .transpose()?
+            .unwrap_or(0);
+        if event.id == "e1" {
+            self.started.store(true, SeqCst);
+            for _ in 0..3000 {
+                if self.go.load(SeqCst) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        out.state_changes
+            .insert("n".into(), Some(serde_json::to_vec(&(n + 1)).unwrap()));
+        Ok(())
+    }
+}
+
+/// A key's next event runs while the previous outcome commits, against
+/// the state that outcome wrote. Here the previous outcome does not apply
+/// (another writer processed that event first, with its own state): the
+/// next event must run again on the stored state, not keep what it
+/// computed from the outcome that never applied.
+async fn an_outcome_that_does_not_apply_undoes_the_work_built_on_it(backend: Backend) {
+    let mut host = Host::start(backend, Vec::new()).await;
+    host.stop().await;
+    host.config.handlers = vec![handler("count", "chain", &["in"], &["tick"])];
+    let counter = Arc::new(SlowCounter::default());
+    let natives: BTreeMap<String, Arc<dyn sluice::runtime::NativeHandler>> =
+        BTreeMap::from([("count".to_string(), counter.clone() as _)]);
+    host.pipeline = Some(
+        Pipeline::start_with_natives(
+            &host.config,
+            host.store.clone(),
+            host.runtime.clone(),
+            host.signals.clone(),
+            natives,
+        )
+        .await
+        .unwrap(),
+    );
+    let tick = |id: &str| Event {
+        ty: "tick".into(),
+        ..step(id, "tick", "k", 0)
+    };
+    let appended = host
+        .store
+        .append(&[tick("e1"), tick("e2")], 4)
+        .await
+        .unwrap();
+    host.signals.appended(appended[1].seq);
+    // While e1 runs, another writer processes it, leaving n = 100.
+    host.wait("e1 to start", async |_| {
+        counter.started.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    host.store
+        .commit(&store::Batch {
+            processed: vec![store::Processed {
+                handler: "count".into(),
+                version: "elsewhere".into(),
+                topic: "in".into(),
+                seq: appended[0].seq,
+                event_id: "e1".into(),
+                attempts: 1,
+                key: Some("k".into()),
+                state_changes: BTreeMap::from([("n".to_string(), Some(b"100".to_vec()))]),
+                emitted: Vec::new(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    counter.go.store(true, std::sync::atomic::Ordering::SeqCst);
+    host.wait("both events", async |h| {
+        let s = h.stat("count");
+        s.processed + s.duplicates >= 2
+    })
+    .await;
+    let s = host.stat("count");
+    assert_eq!((s.processed, s.duplicates), (1, 1), "{s:?}");
+    let state = host.store.load_state("count", "k").await.unwrap();
+    assert_eq!(state.get("n").map(Vec::as_slice), Some(&b"101"[..]));
+    host.stop().await;
 }

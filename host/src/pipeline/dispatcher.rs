@@ -73,6 +73,40 @@ struct Item {
     /// Run on this version instead of the active one (a redrive on a
     /// chosen version).
     pinned: Option<Handler>,
+    /// Ran against state that an outcome still committing wrote (see
+    /// [`Dispatcher::release_committing`]).
+    speculative: bool,
+    /// The key's generation when it started: a change means the state it
+    /// ran against was wrong, and it runs again.
+    generation: u64,
+}
+
+impl Item {
+    /// A new item, not yet run.
+    fn new(record: LogRecord, attempt: u32, failures: Vec<AttemptRecord>, origin: Origin) -> Self {
+        Self {
+            record,
+            attempt,
+            failures,
+            origin,
+            pinned: None,
+            speculative: false,
+            generation: 0,
+        }
+    }
+
+    /// A copy to run again should its speculative outcome not hold.
+    fn copy(&self) -> Self {
+        Self {
+            record: self.record.clone(),
+            attempt: self.attempt,
+            failures: self.failures.clone(),
+            origin: self.origin.clone(),
+            pinned: self.pinned.clone(),
+            speculative: false,
+            generation: self.generation,
+        }
+    }
 }
 
 /// What to do once the batch an item is in has committed.
@@ -85,6 +119,12 @@ struct Done {
     event_id: Option<String>,
     key: Option<String>,
     kind: DoneKind,
+    /// The key was released when the batch was sent (see
+    /// [`Dispatcher::release_committing`]).
+    released: bool,
+    /// The item, when its outcome was speculative: it runs again should
+    /// the outcome it built on not commit.
+    rerun: Option<Item>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -164,12 +204,21 @@ pub struct Dispatcher {
     taken_actions: HashSet<i64>,
     batch: Batch,
     batch_done: Vec<Done>,
-    /// Committed state of recently used keys. This dispatcher is the only
-    /// writer of its handler's state, and a key's next event starts only
-    /// after the previous outcome committed, so the cache is exact and
-    /// saves a database read per event.
+    /// The latest state of recently used keys: committed, or written by an
+    /// outcome that is committing (see [`Dispatcher::release_committing`]).
+    /// This dispatcher is the only writer of its handler's state, so the
+    /// cache saves a database read per event.
     state_cache: HashMap<String, StateMap>,
     state_cache_bytes: u64,
+    /// Keys released while their outcome commits, and how many of their
+    /// outcomes are committing.
+    committing_keys: HashMap<String, u32>,
+    /// How often each key's speculative work was undone.
+    generations: HashMap<String, u64>,
+    /// Items that may run only once their key's commits are done: failed
+    /// speculative attempts (they run again on committed state) and
+    /// actions.
+    waiting: HashMap<String, Item>,
     /// Reading from Kafka instead of the embedded log.
     kafka: Option<KafkaInput>,
     /// Where dead letters are also produced (the Kafka dead-letter topic).
@@ -265,6 +314,9 @@ impl Dispatcher {
             batch_done: Vec::new(),
             state_cache: HashMap::new(),
             state_cache_bytes: 0,
+            committing_keys: HashMap::new(),
+            generations: HashMap::new(),
+            waiting: HashMap::new(),
             kafka: None,
             dead_letter_topic: None,
             cfg,
@@ -366,7 +418,9 @@ impl Dispatcher {
                     let Some(item) = self.ready.pop_front() else {
                         break;
                     };
-                    running.push(self.invoke(item));
+                    if let Some(item) = self.gate(item) {
+                        running.push(self.invoke(item));
+                    }
                 }
             }
             // Skipped events only move the position, but they must commit
@@ -374,6 +428,7 @@ impl Dispatcher {
             if commit.is_none() && (!self.batch.is_empty() || !self.batch_done.is_empty()) {
                 committing = std::mem::take(&mut self.batch_done);
                 let batch = self.take_batch(&committing);
+                self.release_committing(&mut committing);
                 commit_parks = !batch.parked.is_empty();
                 committing_offsets = batch
                     .broker_positions
@@ -529,13 +584,7 @@ impl Dispatcher {
         self.inflight_ids.insert(event.id.clone());
         let failures = self.restored.remove(&event.id).unwrap_or_default();
         let attempt = failures.len() as u32 + 1;
-        self.submit(Item {
-            record,
-            attempt,
-            failures,
-            origin: Origin::Log(t),
-            pinned: None,
-        });
+        self.submit(Item::new(record, attempt, failures, Origin::Log(t)));
     }
 
     /// Takes one record from Kafka, read from a partition owned here
@@ -712,6 +761,8 @@ impl Dispatcher {
             event_id: None,
             key: None,
             kind: DoneKind::Skipped,
+            released: false,
+            rerun: None,
         });
     }
 
@@ -760,6 +811,97 @@ impl Dispatcher {
                 None => {
                     self.keys.remove(key);
                 }
+            }
+        }
+    }
+
+    fn generation(&self, key: &str) -> u64 {
+        self.generations.get(key).copied().unwrap_or(0)
+    }
+
+    /// Whether `item` may run now; it runs speculatively when its key has
+    /// an outcome committing. Actions wait for those commits instead (their
+    /// clean-up rows are not undone).
+    fn gate(&mut self, mut item: Item) -> Option<Item> {
+        let Some(key) = &item.record.event.key else {
+            return Some(item);
+        };
+        if !self.committing_keys.contains_key(key) {
+            item.speculative = false;
+            return Some(item);
+        }
+        if matches!(item.origin, Origin::Action { .. }) {
+            self.waiting.insert(key.clone(), item);
+            return None;
+        }
+        item.speculative = true;
+        item.generation = self.generation(key);
+        Some(item)
+    }
+
+    /// Pipelines keys across commits: once the batch holding a key's
+    /// outcome is on its way to the store, the key's next event runs
+    /// against the state that outcome wrote, so that invocations overlap
+    /// the commit instead of waiting for it. A key has at most one outcome
+    /// per batch. Commits are sequential, so a crash loses the later
+    /// outcomes with the earlier; should an outcome not apply (a duplicate
+    /// by now), the work built on it is undone and runs again
+    /// ([`Dispatcher::undo_speculation`]). Only on the embedded log: with
+    /// Kafka, state is read from the store each time.
+    fn release_committing(&mut self, committing: &mut [Done]) {
+        if self.kafka.is_some() {
+            return;
+        }
+        for d in committing.iter_mut() {
+            if d.kind != DoneKind::Processed || !matches!(d.origin, Origin::Log(_)) {
+                continue;
+            }
+            let Some(key) = d.key.clone() else { continue };
+            *self.committing_keys.entry(key.clone()).or_default() += 1;
+            if let Some(state) = d.state_after.take() {
+                self.cache_state(key.clone(), state);
+            }
+            d.released = true;
+            self.release(&key);
+        }
+    }
+
+    /// A released outcome of `key` did not apply: the state the key's
+    /// later work ran against is wrong. Running items of the key find out
+    /// by the generation; an outcome not yet sent runs again now.
+    fn undo_speculation(&mut self, key: &str) {
+        tracing::info!(handler = %self.cfg.name, %key, "an outcome did not apply; the key's later events run again");
+        *self.generations.entry(key.to_owned()).or_default() += 1;
+        drop(self.take_cached_state(key));
+        let (again, kept): (Vec<Done>, Vec<Done>) = std::mem::take(&mut self.batch_done)
+            .into_iter()
+            .partition(|d| d.key.as_deref() == Some(key) && d.rerun.is_some());
+        self.batch_done = kept;
+        for d in again {
+            let Some(item) = d.rerun else { continue };
+            let name = &self.cfg.name;
+            self.batch
+                .processed
+                .retain(|p| !(&p.handler == name && p.event_id == item.record.event.id));
+            if let Origin::Log(t) = item.origin
+                && let Some(phase) = self.topics[t].inflight.get_mut(&item.record.seq)
+            {
+                *phase = Phase::Running;
+            }
+            self.ready.push_front(item);
+        }
+    }
+
+    /// One of `key`'s released outcomes committed (or did not apply).
+    fn key_committed(&mut self, key: &str) {
+        let Some(n) = self.committing_keys.get_mut(key) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.committing_keys.remove(key);
+            if let Some(item) = self.waiting.remove(key) {
+                self.ready.push_front(item);
             }
         }
     }
@@ -827,6 +969,19 @@ impl Dispatcher {
         result: Result<(Invocation, StateMap, Arc<str>), store::Error>,
         stopping: bool,
     ) {
+        let key_generation = item
+            .record
+            .event
+            .key
+            .as_ref()
+            .map_or(0, |k| self.generation(k));
+        if item.speculative && item.generation != key_generation {
+            // The outcome it built on did not commit: run it again (its
+            // key is still held by it).
+            item.speculative = false;
+            self.ready.push_front(item);
+            return;
+        }
         let (invocation, state_before, version) = match result {
             Ok(ran) => ran,
             Err(error) => {
@@ -838,6 +993,16 @@ impl Dispatcher {
                 return;
             }
         };
+        if invocation.outcome != Outcome::Ok
+            && item.speculative
+            && let Some(key) = &item.record.event.key
+            && self.committing_keys.contains_key(key)
+        {
+            // It may have failed for the state it was given: it runs again,
+            // without counting this attempt, on committed state.
+            self.waiting.insert(key.clone(), item);
+            return;
+        }
         let event = &item.record.event;
         let key = event.key.clone();
         self.stats.latency.observe(invocation.elapsed);
@@ -959,6 +1124,7 @@ impl Dispatcher {
         {
             self.add_finish(finish.clone());
         }
+        let rerun = (item.speculative && kind == DoneKind::Processed).then(|| item.copy());
         self.batch_done.push(Done {
             state_after,
             seq: item.record.seq,
@@ -966,6 +1132,8 @@ impl Dispatcher {
             key: item.record.event.key,
             origin: item.origin,
             kind,
+            released: false,
+            rerun,
         });
     }
 
@@ -1076,6 +1244,23 @@ impl Dispatcher {
                 .event_id
                 .as_ref()
                 .is_some_and(|id| report.fenced.contains(&(self.cfg.name.clone(), id.clone())));
+            if d.released
+                && let Some(key) = &d.key
+            {
+                let duplicate = d.event_id.as_ref().is_some_and(|id| {
+                    report
+                        .duplicates
+                        .contains(&(self.cfg.name.clone(), id.clone()))
+                });
+                if fenced || duplicate {
+                    self.undo_speculation(key);
+                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.stats.processed.fetch_add(1, Ordering::Relaxed);
+                }
+                self.key_committed(key);
+                continue;
+            }
             if fenced {
                 // The partition's new owner runs it.
                 self.stats.fenced.fetch_add(1, Ordering::Relaxed);
@@ -1208,14 +1393,12 @@ impl Dispatcher {
                 let pinned = (record.event.id == redriven_id)
                     .then(|| pinned.clone())
                     .flatten();
+                let origin = Origin::Action {
+                    finish: (i + 1 == count).then(|| finish.clone()),
+                };
                 self.submit(Item {
-                    record,
-                    attempt: 1,
-                    failures: Vec::new(),
-                    origin: Origin::Action {
-                        finish: (i + 1 == count).then(|| finish.clone()),
-                    },
                     pinned,
+                    ..Item::new(record, 1, Vec::new(), origin)
                 });
             }
         }
