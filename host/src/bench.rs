@@ -10,10 +10,16 @@
 //! * `naive`: a hand-written idempotent consumer doing the same work with
 //!   one transaction per event.
 //!
-//! Each reports events per second, CPU-seconds per million events, peak
-//! RSS, and (for consumers that commit effects) p50/p99 latency from
-//! append to effect committed. Not yet here: the Kafka + PostgreSQL setup
-//! (issue 6).
+//! The same four run on Kafka and PostgreSQL (`kafka-raw`, `kafka-native`,
+//! `kafka-wasm`, `kafka-naive`) when a broker is given: the raw ceiling is
+//! an rdkafka consumer reading the records, the pipelines include the
+//! outbox relay publishing every emitted event back to Kafka, and each
+//! setup gets a fresh database and fresh topics.
+//!
+//! Each reports events per second, CPU-seconds per million events (of this
+//! process: the broker's and the database's are not counted), peak RSS, and
+//! (for consumers that commit effects) p50/p99 latency from append (or
+//! publish) to effect committed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +56,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The setups, in the order the table shows them.
 pub const SETUPS: &[&str] = &["raw", "native", "wasm", "naive"];
+
+/// The Kafka + PostgreSQL setups, run when a broker is given.
+pub const KAFKA_SETUPS: &[&str] = &["kafka-raw", "kafka-native", "kafka-wasm", "kafka-naive"];
+
+/// Where the Kafka + PostgreSQL setups run.
+#[derive(Debug, Clone)]
+pub struct Servers {
+    /// Kafka bootstrap servers; `None`: the Kafka setups cannot run.
+    pub brokers: Option<String>,
+    /// A PostgreSQL database to create the benchmark's databases from.
+    pub postgres: String,
+}
+
+/// Partitions of the Kafka topics.
+const KAFKA_PARTITIONS: i32 = 8;
 
 /// What one setup measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,7 +141,11 @@ pub async fn run_setup(
     workload: Workload,
     component: &Path,
     dir: &Path,
+    servers: &Servers,
 ) -> Result<Measurement> {
+    if let Some(kind) = setup.strip_prefix("kafka-") {
+        return kafka::run(kind, setup, workload, component, servers).await;
+    }
     let url = format!("sqlite://{}", dir.join(format!("{setup}.db")).display());
     let store = store::open(&url, &StoreOptions::default()).await?;
     store.ensure_topic(TOPIC, 4).await?;
@@ -219,26 +244,9 @@ async fn pipeline(
         name: TOPIC.into(),
         partitions: 4,
     }];
-    config.handlers = vec![HandlerConfig {
-        name: HANDLER.into(),
-        component: Some(component.to_owned()),
-        topics: vec![TOPIC.into()],
-        types: vec!["step".into()],
-        retry: Default::default(),
-        limits: Default::default(),
-        concurrency: 8,
-        on_dead_letter: Default::default(),
-        start_from: Default::default(),
-    }];
-    let runtime = Arc::new(Runtime::new(RuntimeConfig::default())?);
+    config.handlers = vec![bench_handler(component, TOPIC)];
     let signals = Signals::new();
-    let mut natives: BTreeMap<String, Arc<dyn crate::runtime::NativeHandler>> = BTreeMap::new();
-    if native {
-        natives.insert(HANDLER.into(), Arc::new(BenchStep));
-    }
-    let pipeline =
-        Pipeline::start_with_natives(&config, store.clone(), runtime, signals.clone(), natives)
-            .await?;
+    let pipeline = start_pipeline(&config, store.clone(), signals.clone(), native).await?;
     let stats = pipeline
         .stats(HANDLER)
         .ok_or_else(|| Error::Other("the bench handler did not start".into()))?;
@@ -265,6 +273,82 @@ async fn pipeline(
     let mut measured = measured?;
     measured.latency_ms = latencies(url).await?;
     Ok(measured)
+}
+
+/// The benchmark handler on `topic`.
+fn bench_handler(component: &Path, topic: &str) -> HandlerConfig {
+    HandlerConfig {
+        name: HANDLER.into(),
+        component: Some(component.to_owned()),
+        topics: vec![topic.into()],
+        types: vec!["step".into()],
+        retry: Default::default(),
+        limits: Default::default(),
+        concurrency: 8,
+        on_dead_letter: Default::default(),
+        start_from: Default::default(),
+    }
+}
+
+/// Starts the pipeline of `config`, with the benchmark handler compiled
+/// into the host when `native`.
+async fn start_pipeline(
+    config: &Config,
+    store: Arc<dyn Store>,
+    signals: Signals,
+    native: bool,
+) -> Result<Pipeline> {
+    let runtime = Arc::new(Runtime::new(RuntimeConfig::default())?);
+    let mut natives: BTreeMap<String, Arc<dyn crate::runtime::NativeHandler>> = BTreeMap::new();
+    if native {
+        natives.insert(HANDLER.into(), Arc::new(BenchStep));
+    }
+    Ok(Pipeline::start_with_natives(config, store, runtime, signals, natives).await?)
+}
+
+/// The state after `event` for the naive consumers: `seen` plus one, and
+/// the event it emits.
+fn naive_step(event: &Event, state: &crate::runtime::StateMap) -> (u64, Event) {
+    let seen: u64 = state
+        .get("seen")
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .unwrap_or(0);
+    let out = Event {
+        id: format!("{}-out", event.id),
+        ty: "bench.stepped".into(),
+        topic: "bench-out".into(),
+        data: seen.to_string().into_bytes(),
+        ..event.clone()
+    };
+    (seen, out)
+}
+
+/// One processed outcome of the naive consumers.
+fn naive_outcome(event: &Event, seq: i64, seen: u64, out: Event) -> Processed {
+    Processed {
+        handler: HANDLER.into(),
+        version: "native".into(),
+        topic: event.topic.clone(),
+        seq,
+        event_id: event.id.clone(),
+        attempts: 1,
+        key: event.key.clone(),
+        state_changes: BTreeMap::from([(
+            "seen".to_string(),
+            Some((seen + 1).to_string().into_bytes()),
+        )]),
+        emitted: vec![out],
+    }
+}
+
+/// p50 and p99 of `ms`, sorted in place.
+fn percentiles(ms: &mut [i64]) -> Option<(f64, f64)> {
+    if ms.is_empty() {
+        return None;
+    }
+    ms.sort_unstable();
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize] as f64;
+    Some((at(0.50), at(0.99)))
 }
 
 /// The typical hand-written idempotent consumer: for each event, one
@@ -299,33 +383,10 @@ async fn naive(
                 }
                 let key = e.key.clone().unwrap_or_default();
                 let state = store.load_state(HANDLER, &key).await?;
-                let seen: u64 = state
-                    .get("seen")
-                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-                    .unwrap_or(0);
-                let out = Event {
-                    id: format!("{}-out", e.id),
-                    ty: "bench.stepped".into(),
-                    topic: "bench-out".into(),
-                    data: seen.to_string().into_bytes(),
-                    ..e.clone()
-                };
+                let (seen, out) = naive_step(e, &state);
                 store
                     .commit(&Batch {
-                        processed: vec![Processed {
-                            handler: HANDLER.into(),
-                            version: "native".into(),
-                            topic: e.topic.clone(),
-                            seq: record.seq,
-                            event_id: e.id.clone(),
-                            attempts: 1,
-                            key: e.key.clone(),
-                            state_changes: BTreeMap::from([(
-                                "seen".to_string(),
-                                Some((seen + 1).to_string().into_bytes()),
-                            )]),
-                            emitted: vec![out],
-                        }],
+                        processed: vec![naive_outcome(e, record.seq, seen, out)],
                         positions: vec![(HANDLER.into(), TOPIC.into(), record.seq)],
                         ..Batch::default()
                     })
@@ -362,12 +423,7 @@ async fn latencies(url: &str) -> Result<Option<(f64, f64)>> {
     .fetch_all(&mut conn)
     .await
     .map_err(|e| Error::Other(format!("reading latencies: {e}")))?;
-    if ms.is_empty() {
-        return Ok(None);
-    }
-    ms.sort_unstable();
-    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize] as f64;
-    Ok(Some((at(0.50), at(0.99))))
+    Ok(percentiles(&mut ms))
 }
 
 /// User + system CPU time of this process so far, from `/proc/self/stat`.
@@ -410,7 +466,7 @@ pub fn table(results: &[Measurement]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:>10} {:>12} {:>14} {:>10} {:>9} {:>9}",
+        "{:<13} {:>10} {:>12} {:>14} {:>10} {:>9} {:>9}",
         "setup", "events", "events/s", "cpu-s/M ev", "peak MiB", "p50 ms", "p99 ms"
     );
     for m in results {
@@ -421,7 +477,7 @@ pub fn table(results: &[Measurement]) -> String {
             });
         let _ = writeln!(
             out,
-            "{:<8} {:>10} {:>12.0} {:>14.1} {:>10.1} {:>9} {:>9}",
+            "{:<13} {:>10} {:>12.0} {:>14.1} {:>10.1} {:>9} {:>9}",
             m.setup,
             m.events,
             m.rate(),
@@ -432,14 +488,17 @@ pub fn table(results: &[Measurement]) -> String {
         );
     }
     let rate = |s: &str| results.iter().find(|m| m.setup == s).map(Measurement::rate);
-    if let Some(wasm) = rate("wasm") {
+    for prefix in ["", "kafka-"] {
+        let Some(wasm) = rate(&format!("{prefix}wasm")) else {
+            continue;
+        };
         for (other, label) in [
             ("native", "(c)/(b) wasm/native"),
             ("raw", "(c)/(a) wasm/raw"),
             ("naive", "(c)/(d) wasm/naive"),
         ] {
-            if let Some(r) = rate(other) {
-                let _ = writeln!(out, "{label}: {:.2}", wasm / r);
+            if let Some(r) = rate(&format!("{prefix}{other}")) {
+                let _ = writeln!(out, "{prefix}{label}: {:.2}", wasm / r);
             }
         }
     }
@@ -465,4 +524,318 @@ pub fn component(component: Option<PathBuf>) -> Result<PathBuf> {
     })?
     .pop()
     .ok_or_else(|| Error::Other("no bench component built".into()))
+}
+
+/// The Kafka + PostgreSQL setups.
+mod kafka {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+
+    use super::{
+        Error, HANDLER, KAFKA_PARTITIONS, Measurement, Result, Servers, Workload, finish,
+        naive_outcome, naive_step, percentiles,
+    };
+    use crate::broker::{Publisher, cloudevents, kafka};
+    use crate::config::{BrokerConfig, BrokerKind, Config, TopicConfig};
+    use crate::event::Event;
+    use crate::pipeline::Signals;
+    use crate::store::{self, Batch, Store, StoreOptions, now_ms};
+
+    /// A fresh database and fresh topics for one setup.
+    struct Run {
+        broker: BrokerConfig,
+        topic: String,
+        database: String,
+        url: String,
+        admin: String,
+    }
+
+    impl Run {
+        async fn new(servers: &Servers, setup: &str) -> Result<Self> {
+            use sqlx::Connection as _;
+            let brokers = servers
+                .brokers
+                .clone()
+                .ok_or_else(|| Error::Other(format!("{setup} needs a Kafka broker (--brokers)")))?;
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            let database = format!("sluice_bench_{id}");
+            let mut conn = sqlx::PgConnection::connect(&servers.postgres)
+                .await
+                .map_err(|e| Error::Other(format!("connecting to {}: {e}", servers.postgres)))?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE \"{database}\""
+            )))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| Error::Other(format!("creating the database: {e}")))?;
+            let url = match servers.postgres.rsplit_once('/') {
+                Some((base, _)) => format!("{base}/{database}"),
+                None => return Err(Error::Other("the PostgreSQL URL names no database".into())),
+            };
+            let broker = BrokerConfig {
+                kind: BrokerKind::Kafka,
+                brokers,
+                group_prefix: format!("bench-{id}"),
+                dead_letter_topic: String::new(),
+                ..BrokerConfig::default()
+            };
+            let topic = format!("bench-in-{id}");
+            kafka::ensure_topics(&broker, &[(topic.clone(), KAFKA_PARTITIONS)])
+                .await
+                .map_err(|e| Error::Other(format!("creating the topic: {e}")))?;
+            Ok(Self {
+                broker,
+                topic,
+                database,
+                url,
+                admin: servers.postgres.clone(),
+            })
+        }
+
+        /// Drops the database (the topics stay: the broker keeps them in
+        /// memory or on its own disk).
+        async fn finish(self) {
+            use sqlx::Connection as _;
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin).await {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.database
+                )))
+                .execute(&mut conn)
+                .await;
+            }
+        }
+
+        /// A consumer of the input topic outside any group's offsets: it
+        /// reads every partition from the start.
+        fn consumer(&self) -> Result<StreamConsumer> {
+            let consumer: StreamConsumer = kafka::client_config(&self.broker)
+                .set("group.id", format!("{}.raw", self.broker.group_prefix))
+                .set("enable.auto.commit", "false")
+                .create()
+                .map_err(|e| Error::Other(e.to_string()))?;
+            let mut list = rdkafka::TopicPartitionList::new();
+            for p in 0..KAFKA_PARTITIONS {
+                list.add_partition_offset(&self.topic, p, rdkafka::Offset::Beginning)
+                    .map_err(|e| Error::Other(e.to_string()))?;
+            }
+            consumer
+                .assign(&list)
+                .map_err(|e| Error::Other(e.to_string()))?;
+            Ok(consumer)
+        }
+    }
+
+    /// Publishes events `0..workload.events` (paced by the workload) and
+    /// returns when each was published, ms since the epoch, by number.
+    async fn produce(
+        topic: &str,
+        publisher: &kafka::KafkaPublisher,
+        workload: Workload,
+    ) -> Result<Vec<i64>> {
+        let started = Instant::now();
+        let mut published = Vec::with_capacity(workload.events as usize);
+        let mut from = 0;
+        while from < workload.events {
+            workload.pace(started, from).await;
+            let to = (from + workload.step()).min(workload.events);
+            let at = now_ms();
+            let mut events: Vec<Event> = super::events(workload, from, to);
+            for e in &mut events {
+                e.topic = topic.to_owned();
+            }
+            publisher
+                .publish(&events)
+                .await
+                .map_err(|e| Error::Other(format!("publishing: {e}")))?;
+            published.extend(std::iter::repeat_n(at, (to - from) as usize));
+            from = to;
+        }
+        Ok(published)
+    }
+
+    pub(super) async fn run(
+        kind: &str,
+        setup: &str,
+        workload: Workload,
+        component: &std::path::Path,
+        servers: &Servers,
+    ) -> Result<Measurement> {
+        let run = Run::new(servers, setup).await?;
+        let publisher = kafka::KafkaPublisher::new(&run.broker, KAFKA_PARTITIONS as u32)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        let measured = match kind {
+            "raw" => raw(&run, &publisher, workload, setup).await,
+            "native" => pipeline(&run, publisher, workload, component, setup, true).await,
+            "wasm" => pipeline(&run, publisher, workload, component, setup, false).await,
+            "naive" => naive(&run, publisher, workload, setup).await,
+            other => Err(Error::Other(format!("unknown setup kafka-{other}"))),
+        };
+        run.finish().await;
+        measured
+    }
+
+    /// The ceiling: an rdkafka consumer reading the records, nothing else.
+    async fn raw(
+        run: &Run,
+        publisher: &kafka::KafkaPublisher,
+        workload: Workload,
+        setup: &str,
+    ) -> Result<Measurement> {
+        produce(
+            &run.topic,
+            publisher,
+            Workload {
+                rate: 0.0,
+                ..workload
+            },
+        )
+        .await?;
+        let consumer = run.consumer()?;
+        let (started, cpu) = (Instant::now(), super::cpu_seconds());
+        let mut read = 0;
+        while read < workload.events {
+            let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+                .await
+                .map_err(|_| Error::Other("no record for 60 s".into()))?
+                .map_err(|e| Error::Other(e.to_string()))?;
+            // Decoded as the pipeline decodes it.
+            let (record, at) = kafka::record_of(&m);
+            std::hint::black_box(cloudevents::decode(record, at));
+            read += 1;
+        }
+        finish(setup, read, started, cpu)
+    }
+
+    /// The pipeline on Kafka and PostgreSQL, relay included: done when
+    /// every event is processed and every emitted event is published.
+    async fn pipeline(
+        run: &Run,
+        publisher: kafka::KafkaPublisher,
+        workload: Workload,
+        component: &std::path::Path,
+        setup: &str,
+        native: bool,
+    ) -> Result<Measurement> {
+        let store = store::open(&run.url, &StoreOptions::default()).await?;
+        let mut config = Config::default();
+        config.store.url = run.url.clone();
+        config.broker = run.broker.clone();
+        config.topics = vec![TopicConfig {
+            name: run.topic.clone(),
+            partitions: KAFKA_PARTITIONS as u32,
+        }];
+        config.handlers = vec![super::bench_handler(component, &run.topic)];
+        let pipeline =
+            super::start_pipeline(&config, store.clone(), Signals::new(), native).await?;
+        let stats = pipeline
+            .stats(HANDLER)
+            .ok_or_else(|| Error::Other("the bench handler did not start".into()))?;
+        // Measured from when the group is formed.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while stats.snapshot().partitions < KAFKA_PARTITIONS as u64 {
+            if Instant::now() > deadline {
+                return Err(Error::Other(
+                    "the consumer got no partitions in 60 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (started, cpu) = (Instant::now(), super::cpu_seconds());
+        let published = produce(&run.topic, &publisher, workload).await?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let done = stats.processed.load(std::sync::atomic::Ordering::Relaxed)
+                >= workload.events
+                && store.outbox_backlog().await? == 0;
+            if done {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Other("the pipeline did not finish in 600 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let measured = finish(setup, workload.events, started, cpu);
+        pipeline.shutdown().await;
+        let mut measured = measured?;
+        measured.latency_ms = latencies(&run.url, &published).await?;
+        Ok(measured)
+    }
+
+    /// The typical hand-written idempotent consumer on Kafka: for each
+    /// record, one transaction (processed check, state read, then processed
+    /// record, state, outbox row and position).
+    async fn naive(
+        run: &Run,
+        publisher: kafka::KafkaPublisher,
+        workload: Workload,
+        setup: &str,
+    ) -> Result<Measurement> {
+        let store: Arc<dyn Store> = store::open(&run.url, &StoreOptions::default()).await?;
+        let consumer = run.consumer()?;
+        let (started, cpu) = (Instant::now(), super::cpu_seconds());
+        let topic = run.topic.clone();
+        let producing = tokio::spawn(async move { produce(&topic, &publisher, workload).await });
+        let mut read = 0;
+        while read < workload.events {
+            let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+                .await
+                .map_err(|_| Error::Other("no record for 60 s".into()))?
+                .map_err(|e| Error::Other(e.to_string()))?;
+            let (record, at) = kafka::record_of(&m);
+            let partition = m.partition();
+            drop(m);
+            let offset = at.offset;
+            let e = cloudevents::decode(record, at);
+            read += 1;
+            if !store
+                .processed_ids(HANDLER, std::slice::from_ref(&e.id))
+                .await?
+                .is_empty()
+            {
+                continue;
+            }
+            let key = e.key.clone().unwrap_or_default();
+            let state = store.load_state(HANDLER, &key).await?;
+            let (seen, out) = naive_step(&e, &state);
+            store
+                .commit(&Batch {
+                    processed: vec![naive_outcome(&e, offset, seen, out)],
+                    broker_positions: vec![(HANDLER.into(), run.topic.clone(), partition, offset)],
+                    ..Batch::default()
+                })
+                .await?;
+        }
+        let measured = finish(setup, read, started, cpu);
+        let published = producing.await.map_err(|e| Error::Other(e.to_string()))??;
+        let mut measured = measured?;
+        measured.latency_ms = latencies(&run.url, &published).await?;
+        Ok(measured)
+    }
+
+    /// p50 and p99 of (processed_at - published), from the database.
+    async fn latencies(url: &str, published: &[i64]) -> Result<Option<(f64, f64)>> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .map_err(|e| Error::Other(format!("reading latencies: {e}")))?;
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT event_id, processed_at FROM processed WHERE handler = $1")
+                .bind(HANDLER)
+                .fetch_all(&mut conn)
+                .await
+                .map_err(|e| Error::Other(format!("reading latencies: {e}")))?;
+        let mut ms: Vec<i64> = rows
+            .into_iter()
+            .filter_map(|(id, at)| {
+                let n: usize = id.strip_prefix('b')?.parse().ok()?;
+                Some(at - published.get(n)?)
+            })
+            .collect();
+        Ok(percentiles(&mut ms))
+    }
 }

@@ -185,9 +185,16 @@ struct BenchArgs {
     /// repository (run from its root).
     #[arg(long)]
     component: Option<PathBuf>,
-    /// Setups to run, in order (default: raw, native, wasm, naive).
+    /// Setups to run, in order (default: raw, native, wasm, naive, then
+    /// kafka-raw, kafka-native, kafka-wasm, kafka-naive with `--brokers`).
     #[arg(long = "setup")]
     setups: Vec<String>,
+    /// Kafka bootstrap servers for the Kafka + PostgreSQL setups.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// PostgreSQL database the Kafka setups create their databases from.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    postgres: String,
     /// Run the one setup given in this process and print its measurement
     /// as JSON (each setup runs in a process of its own).
     #[arg(long, hide = true)]
@@ -609,17 +616,30 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         rate: args.rate.max(0.0),
     };
     let component = bench::component(args.component.clone())?;
+    let servers = bench::Servers {
+        brokers: args.brokers.clone(),
+        postgres: args.postgres.clone(),
+    };
     let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     if args.child {
         let setup = args.setups.first().context("--child needs one --setup")?;
-        let measured = bench::run_setup(setup, workload, &component, &dir).await;
+        let measured = bench::run_setup(setup, workload, &component, &dir, &servers).await;
         let _ = std::fs::remove_dir_all(&dir);
         println!("{}", serde_json::to_string(&measured?)?);
         return Ok(ExitCode::SUCCESS);
     }
     let setups: Vec<String> = if args.setups.is_empty() {
-        bench::SETUPS.iter().map(|s| s.to_string()).collect()
+        let kafka = if args.brokers.is_some() {
+            bench::KAFKA_SETUPS
+        } else {
+            &[]
+        };
+        bench::SETUPS
+            .iter()
+            .chain(kafka)
+            .map(|s| s.to_string())
+            .collect()
     } else {
         args.setups.clone()
     };
@@ -632,6 +652,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .args(["--events", &workload.events.to_string()])
             .args(["--keys", &workload.keys.to_string()])
             .args(["--rate", &workload.rate.to_string()])
+            .args(["--postgres", &args.postgres])
+            .args(args.brokers.iter().flat_map(|b| ["--brokers", b.as_str()]))
             .arg("--component")
             .arg(&component)
             .stderr(std::process::Stdio::inherit())

@@ -11,8 +11,8 @@ use std::process::Command;
 
 use common::workspace;
 
-#[test]
-fn bench_runs_every_setup_on_a_tiny_workload() {
+#[tokio::test]
+async fn bench_runs_every_setup_on_a_tiny_workload() {
     let component = sluice::harness::build_components(
         workspace(),
         &["bench-guest"],
@@ -20,10 +20,24 @@ fn bench_runs_every_setup_on_a_tiny_workload() {
     )
     .unwrap()
     .remove(0);
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    // The Kafka + PostgreSQL setups too, where the servers are (always in
+    // CI: a missing server fails there).
+    let brokers = sluice::test_servers::kafka_test_brokers().await;
+    let postgres = match brokers {
+        Some(_) => sluice::store::postgres_test_database().await,
+        None => None,
+    };
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
         .args(["bench", "--events", "300", "--keys", "7", "--component"])
-        .arg(&component)
-        .output()
+        .arg(&component);
+    let mut setups = vec!["raw", "native", "wasm", "naive"];
+    if let (Some(brokers), Some(postgres)) = (&brokers, &postgres) {
+        command.args(["--brokers", brokers, "--postgres", postgres]);
+        setups.extend(["kafka-raw", "kafka-native", "kafka-wasm", "kafka-naive"]);
+    }
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -32,7 +46,7 @@ fn bench_runs_every_setup_on_a_tiny_workload() {
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
-    for setup in ["raw", "native", "wasm", "naive"] {
+    for setup in setups.iter().copied() {
         let row = rows
             .iter()
             .find(|r| r.first() == Some(&setup))
@@ -47,4 +61,12 @@ fn bench_runs_every_setup_on_a_tiny_workload() {
     assert!(stdout.contains("(c)/(b) wasm/native:"), "{stdout}");
     assert!(stdout.contains("(c)/(a) wasm/raw:"), "{stdout}");
     assert!(stdout.contains("(c)/(d) wasm/naive:"), "{stdout}");
+    if brokers.is_some() {
+        assert!(stdout.contains("kafka-(c)/(b) wasm/native:"), "{stdout}");
+        let wasm = rows
+            .iter()
+            .find(|r| r.first() == Some(&"kafka-wasm"))
+            .unwrap();
+        assert_ne!(wasm[5], "-", "{stdout}");
+    }
 }
