@@ -46,10 +46,10 @@ async fn bench_runs_every_setup_on_a_tiny_workload() {
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
-    for setup in setups.iter().copied() {
+    for setup in &setups {
         let row = rows
             .iter()
-            .find(|r| r.first() == Some(&setup))
+            .find(|r| r.first() == Some(setup))
             .unwrap_or_else(|| panic!("no {setup} row:\n{stdout}"));
         assert_eq!(row[1], "300", "{stdout}");
         let rate: f64 = row[2].parse().unwrap();
