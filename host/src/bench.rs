@@ -55,7 +55,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The setups, in the order the table shows them.
-pub const SETUPS: &[&str] = &["raw", "native", "wasm", "naive"];
+pub const SETUPS: &[&str] = &["raw", "native", "wasm", "naive", "swap"];
 
 /// The Kafka + PostgreSQL setups, run when a broker is given.
 pub const KAFKA_SETUPS: &[&str] = &["kafka-raw", "kafka-native", "kafka-wasm", "kafka-naive"];
@@ -87,6 +87,10 @@ pub struct Measurement {
     pub peak_rss_mib: f64,
     /// Latency from append to effect committed, in ms: p50 and p99.
     pub latency_ms: Option<(f64, f64)>,
+    /// Hot swaps (the `swap` setup): ms from the activation call to the
+    /// first event committed by the new version, one per swap.
+    #[serde(default)]
+    pub swaps_ms: Vec<f64>,
 }
 
 impl Measurement {
@@ -154,6 +158,7 @@ pub async fn run_setup(
         "wasm" => pipeline(store, &url, workload, component, setup, false).await,
         "native" => pipeline(store, &url, workload, component, setup, true).await,
         "naive" => naive(&store, &url, workload, setup).await,
+        "swap" => swap(store, &url, workload, component, setup).await,
         other => Err(Error::Other(format!("unknown setup {other}"))),
     }
 }
@@ -407,7 +412,116 @@ fn finish(setup: &str, events: u64, started: Instant, cpu_before: f64) -> Result
         cpu_seconds: cpu_seconds() - cpu_before,
         peak_rss_mib: peak_rss_mib(),
         latency_ms: None,
+        swaps_ms: Vec::new(),
     })
+}
+
+/// How many hot swaps the `swap` setup makes.
+const SWAPS: usize = 6;
+
+/// Hot swaps under a steady load (the workload's rate, or 2,000 events/s):
+/// the bench component and a copy of it with an extra custom section (so
+/// another version, which behaves the same) are activated in turn; each
+/// swap is timed from the activation call to the first event committed by
+/// the version activated.
+async fn swap(
+    store: Arc<dyn Store>,
+    url: &str,
+    workload: Workload,
+    component: &Path,
+    setup: &str,
+) -> Result<Measurement> {
+    use sqlx::Connection as _;
+    let mut config = Config::default();
+    config.store.url = url.to_owned();
+    config.topics = vec![TopicConfig {
+        name: TOPIC.into(),
+        partitions: 4,
+    }];
+    config.handlers = vec![bench_handler(component, TOPIC)];
+    let signals = Signals::new();
+    let pipeline = start_pipeline(&config, store.clone(), signals.clone(), false).await?;
+    let first = pipeline
+        .active_digest(HANDLER)
+        .ok_or_else(|| Error::Other("the bench handler did not start".into()))?;
+    // A custom section (id 0): name `sluice-bench`, payload `v2`.
+    let mut bytes = std::fs::read(component)
+        .map_err(|e| Error::Other(format!("reading {}: {e}", component.display())))?;
+    bytes.extend_from_slice(&[0, 15, 12]);
+    bytes.extend_from_slice(b"sluice-bench");
+    bytes.extend_from_slice(b"v2");
+    let (second, _) = pipeline.upload(HANDLER, bytes, false).await?;
+    let versions = [(1, first), (second.version, second.digest.clone())];
+    let load = Workload {
+        events: u64::MAX,
+        rate: if workload.rate > 0.0 {
+            workload.rate
+        } else {
+            2000.0
+        },
+        ..workload
+    };
+    let producer = {
+        let (store, signals) = (store.clone(), signals.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut from = 0;
+            loop {
+                load.pace(started, from).await;
+                let to = from + load.step();
+                if let Ok(appended) = store.append(&events(load, from, to), 4).await
+                    && let Some(last) = appended.last()
+                {
+                    signals.appended(last.seq);
+                }
+                from = to;
+            }
+        })
+    };
+    let mut conn = sqlx::SqliteConnection::connect(url)
+        .await
+        .map_err(|e| Error::Other(format!("reading processed records: {e}")))?;
+    let (started, cpu) = (Instant::now(), cpu_seconds());
+    let mut swaps_ms = Vec::with_capacity(SWAPS);
+    for i in 0..SWAPS {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (version, digest) = &versions[(i + 1) % 2];
+        let (since, at) = (crate::store::now_ms(), Instant::now());
+        pipeline.activate_version(HANDLER, *version).await?;
+        let deadline = at + Duration::from_secs(10);
+        loop {
+            let seen: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM processed WHERE handler = ? AND version = ? AND processed_at >= ?",
+            )
+            .bind(HANDLER)
+            .bind(digest)
+            .bind(since)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| Error::Other(format!("reading processed records: {e}")))?;
+            if seen > 0 {
+                swaps_ms.push(at.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Other(format!(
+                    "version {version} processed nothing in 10 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    producer.abort();
+    let processed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM processed WHERE handler = ?")
+        .bind(HANDLER)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| Error::Other(format!("reading processed records: {e}")))?;
+    let mut measured = finish(setup, processed.max(0) as u64, started, cpu)?;
+    pipeline.shutdown().await;
+    measured.latency_ms = latencies(url).await?;
+    measured.swaps_ms = swaps_ms;
+    Ok(measured)
 }
 
 /// p50 and p99 of (processed_at - appended_at), from the store file.
@@ -485,6 +599,17 @@ pub fn table(results: &[Measurement]) -> String {
             m.peak_rss_mib,
             p50,
             p99
+        );
+    }
+    for m in results.iter().filter(|m| !m.swaps_ms.is_empty()) {
+        let mut ms = m.swaps_ms.clone();
+        ms.sort_by(f64::total_cmp);
+        let _ = writeln!(
+            out,
+            "hot swap, activate -> first event committed on the new version: median {:.1} ms, max {:.1} ms ({} swaps)",
+            ms[ms.len() / 2],
+            ms[ms.len() - 1],
+            ms.len()
         );
     }
     let rate = |s: &str| results.iter().find(|m| m.setup == s).map(Measurement::rate);

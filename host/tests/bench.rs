@@ -61,6 +61,10 @@ async fn bench_runs_every_setup_on_a_tiny_workload() {
     assert!(stdout.contains("(c)/(b) wasm/native:"), "{stdout}");
     assert!(stdout.contains("(c)/(a) wasm/raw:"), "{stdout}");
     assert!(stdout.contains("(c)/(d) wasm/naive:"), "{stdout}");
+    assert!(
+        stdout.contains("hot swap, activate -> first event committed on the new version: median"),
+        "{stdout}"
+    );
     if brokers.is_some() {
         assert!(stdout.contains("kafka-(c)/(b) wasm/native:"), "{stdout}");
         let wasm = rows
