@@ -15,6 +15,12 @@ use sluice::pipeline::{Pipeline, Signals};
 use sluice::runtime::{Limits, Runtime, RuntimeConfig};
 use sluice::store::{self, StoreOptions};
 
+/// mimalloc instead of glibc's allocator: the pipeline allocates and frees
+/// per event across threads, where glibc malloc took 18% of the CPU of
+/// `sluice bench --setup wasm` (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sluice: event handlers as sandboxed WebAssembly components.
 #[derive(Parser)]
 #[command(version, about)]

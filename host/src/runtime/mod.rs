@@ -383,11 +383,15 @@ fn build_engine(config: &RuntimeConfig) -> wasmtime::Result<Engine> {
         .max_component_instance_size(1 << 20)
         .max_core_instance_size(1 << 20)
         // Every event gets a fresh instance, so slots are recycled all the
-        // time. Resetting small guests' memory with memset instead of
-        // madvise, and batching decommits, avoids a TLB shootdown (an IPI
-        // to every core) per event.
-        .linear_memory_keep_resident(1 << 20)
+        // time. Resetting memory with memset instead of madvise, and
+        // batching decommits, avoids a TLB shootdown (an IPI to every core)
+        // per event; PAGEMAP_SCAN (Linux 6.7+, else ignored) finds the
+        // pages an instance dirtied, so only those are reset. Without it,
+        // a Rust guest's 1 MiB stack region was memset whole each time:
+        // 19% of the CPU in `sluice bench --setup wasm` (BENCHMARKS.md).
+        .linear_memory_keep_resident(4 << 20)
         .table_keep_resident(64 << 10)
+        .pagemap_scan(wasmtime::Enabled::Auto)
         .decommit_batch_size(32);
     let mut cfg = wasmtime::Config::new();
     cfg.wasm_component_model(true)
