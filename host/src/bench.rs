@@ -810,15 +810,20 @@ mod kafka {
         workload: Workload,
         setup: &str,
     ) -> Result<Measurement> {
-        produce(
-            &run.topic,
-            publisher,
-            Workload {
-                rate: 0.0,
-                ..workload
-            },
-        )
-        .await?;
+        let producing = Instant::now();
+        let burst = Workload {
+            rate: 0.0,
+            ..workload
+        };
+        produce(&run.topic, publisher, burst).await?;
+        // What the broker takes: a bound on every Kafka setup, which all
+        // publish their input, and the pipelines their output too.
+        let took = producing.elapsed().as_secs_f64();
+        eprintln!(
+            "{setup}: {} events published (acks=all) in {took:.2} s: {:.0} events/s",
+            workload.events,
+            workload.events as f64 / took.max(1e-9)
+        );
         let consumer = run.consumer()?;
         let (started, cpu) = (Instant::now(), super::cpu_seconds());
         let mut read = 0;

@@ -662,8 +662,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .args(args.brokers.iter().flat_map(|b| ["--brokers", b.as_str()]))
             .arg("--component")
             .arg(&component)
+            .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
-            .output()
+            .spawn()
+            .with_context(|| format!("running setup {setup}"))?
+            .wait_with_output()
             .await
             .with_context(|| format!("running setup {setup}"))?;
         anyhow::ensure!(out.status.success(), "setup {setup} failed");

@@ -171,6 +171,9 @@ const UNSTARTED: i64 = i64::MIN;
 type Ran = (Item, Result<(Invocation, StateMap, Arc<str>), store::Error>);
 type Running = FuturesUnordered<tokio::task::JoinHandle<Ran>>;
 
+/// Most Kafka inputs taken at once (one processed-ids look-up for them).
+const KAFKA_TAKE: usize = 512;
+
 /// Upper bound of the state cache, in bytes of names and values.
 const STATE_CACHE_BYTES: u64 = 64 << 20;
 
@@ -489,11 +492,16 @@ impl Dispatcher {
                 _ = actions.notified(), if !stopping => need_actions = true,
                 _ = shutdown.changed(), if !stopping => stopping = true,
                 Some(input) = recv_input(inputs.as_mut()), if inputs.is_some() && !stopping && self.in_flight() < self.max_in_flight => {
-                    match input {
-                        kafka::Input::Record(record, at) => self.accept_kafka(record, at).await,
-                        kafka::Input::Assigned(list) => self.assigned(list),
-                        kafka::Input::Revoked(list) => self.revoked(&list),
+                    // What else is there already, within the window.
+                    let room = self.max_in_flight.saturating_sub(self.in_flight()).min(KAFKA_TAKE);
+                    let mut taken = vec![input];
+                    while taken.len() < room {
+                        match inputs.as_mut().map(|i| i.try_recv()) {
+                            Some(Ok(input)) => taken.push(input),
+                            _ => break,
+                        }
                     }
+                    self.take_inputs(taken).await;
                 }
             }
         }
@@ -587,55 +595,94 @@ impl Dispatcher {
         self.submit(Item::new(record, attempt, failures, Origin::Log(t)));
     }
 
-    /// Takes one record from Kafka, read from a partition owned here
-    /// (the subscription delivers the assignment before its records).
-    async fn accept_kafka(&mut self, record: cloudevents::Record, at: cloudevents::Position) {
-        let tp = (record.topic.clone(), at.partition);
-        let Some(t) = self
-            .kafka
-            .as_ref()
-            .and_then(|k| k.cursors.get(&tp).copied())
-        else {
-            tracing::debug!(handler = %self.cfg.name, topic = %tp.0, partition = tp.1, "record of a partition not owned here dropped");
-            return;
-        };
-        let cursor = &mut self.topics[t];
-        if cursor.fetched == UNSTARTED {
-            // Nothing done on this partition yet: it starts here.
-            cursor.fetched = at.offset - 1;
-            cursor.committed = at.offset - 1;
+    /// Takes records from Kafka, read from partitions owned here (the
+    /// subscription delivers an assignment before its records), with one
+    /// look-up of the processed ids for all of them.
+    async fn accept_kafka(&mut self, records: Vec<(cloudevents::Record, cloudevents::Position)>) {
+        let mut taken: Vec<(usize, LogRecord)> = Vec::with_capacity(records.len());
+        // The highest offset taken so far, per cursor.
+        let mut last: HashMap<usize, i64> = HashMap::new();
+        for (record, at) in records {
+            let tp = (record.topic.clone(), at.partition);
+            let Some(t) = self
+                .kafka
+                .as_ref()
+                .and_then(|k| k.cursors.get(&tp).copied())
+            else {
+                tracing::debug!(handler = %self.cfg.name, topic = %tp.0, partition = tp.1, "record of a partition not owned here dropped");
+                continue;
+            };
+            let cursor = &mut self.topics[t];
+            if cursor.fetched == UNSTARTED {
+                // Nothing done on this partition yet: it starts here.
+                cursor.fetched = at.offset - 1;
+                cursor.committed = at.offset - 1;
+            }
+            let last = last.entry(t).or_insert(cursor.fetched);
+            if at.offset <= *last {
+                continue;
+            }
+            if at.offset > *last + 1 {
+                tracing::warn!(handler = %self.cfg.name, topic = %tp.0, partition = tp.1, offset = at.offset, after = *last, epoch = cursor.epoch, "gap in offsets");
+            }
+            *last = at.offset;
+            let event = cloudevents::decode(record, at);
+            taken.push((
+                t,
+                LogRecord {
+                    seq: at.offset,
+                    partition: u32::try_from(at.partition).unwrap_or_default(),
+                    offset: at.offset,
+                    appended_at: at.timestamp_ms.unwrap_or_else(now_ms),
+                    event,
+                },
+            ));
         }
-        if at.offset <= cursor.fetched {
-            return;
-        }
-        if at.offset > cursor.fetched + 1 {
-            tracing::warn!(handler = %self.cfg.name, topic = %tp.0, partition = tp.1, offset = at.offset, after = cursor.fetched, epoch = cursor.epoch, "gap in offsets");
-        }
-        let event = cloudevents::decode(record, at);
-        let processed = if self.cfg.accepts(&event.ty) {
-            match self
-                .store
-                .processed_ids(&self.cfg.name, std::slice::from_ref(&event.id))
-                .await
-            {
-                Ok(p) => !p.is_empty(),
+        let ids: Vec<String> = taken
+            .iter()
+            .filter(|(_, r)| self.cfg.accepts(&r.event.ty))
+            .map(|(_, r)| r.event.id.clone())
+            .collect();
+        let processed = if ids.is_empty() {
+            Default::default()
+        } else {
+            match self.store.processed_ids(&self.cfg.name, &ids).await {
+                Ok(p) => p,
                 Err(error) => {
-                    // Run it: the commit finds a duplicate by its id anyway.
+                    // Run them: the commit finds duplicates by their ids anyway.
                     tracing::warn!(handler = %self.cfg.name, "reading processed ids failed: {error}");
-                    false
+                    Default::default()
                 }
             }
-        } else {
-            false
         };
-        let record = LogRecord {
-            seq: at.offset,
-            partition: u32::try_from(at.partition).unwrap_or_default(),
-            offset: at.offset,
-            appended_at: at.timestamp_ms.unwrap_or_else(now_ms),
-            event,
-        };
-        self.accept(t, record, processed);
+        for (t, record) in taken {
+            let duplicate = processed.contains(&record.event.id);
+            self.accept(t, record, duplicate);
+        }
+    }
+
+    /// Takes what the subscription delivered, in order: runs of records
+    /// together, then each change of the partitions owned.
+    async fn take_inputs(&mut self, inputs: Vec<kafka::Input>) {
+        let mut records = Vec::new();
+        for input in inputs {
+            match input {
+                kafka::Input::Record(record, at) => records.push((record, at)),
+                change => {
+                    if !records.is_empty() {
+                        self.accept_kafka(std::mem::take(&mut records)).await;
+                    }
+                    match change {
+                        kafka::Input::Assigned(list) => self.assigned(list),
+                        kafka::Input::Revoked(list) => self.revoked(&list),
+                        kafka::Input::Record(..) => {}
+                    }
+                }
+            }
+        }
+        if !records.is_empty() {
+            self.accept_kafka(records).await;
+        }
     }
 
     /// Partitions are now ours: a cursor each, starting after the position
