@@ -689,6 +689,7 @@ impl Dispatcher {
     /// the store held (the subscription starts the consumer there). A
     /// retired cursor with nothing in flight is reused.
     fn assigned(&mut self, list: Vec<kafka::Assigned>) {
+        self.forget_states();
         for ((topic, partition), stored, epoch) in list {
             let position = stored.unwrap_or(UNSTARTED);
             let cursor = TopicCursor {
@@ -729,6 +730,7 @@ impl Dispatcher {
     /// finish and commit; one the new owner runs too commits once (the
     /// processed record decides).
     fn revoked(&mut self, list: &[kafka::TopicPartition]) {
+        self.forget_states();
         let Some(kafka) = self.kafka.as_mut() else {
             return;
         };
@@ -982,6 +984,16 @@ impl Dispatcher {
         })
     }
 
+    /// With Kafka, another instance may have owned a key's partition and
+    /// written its state: the cache holds only what was written while this
+    /// instance owned the partitions it has now, so any change of them
+    /// empties it. (Outcomes of an instance that has not yet learned it
+    /// lost a partition are fenced at commit.)
+    fn forget_states(&mut self) {
+        self.state_cache.clear();
+        self.state_cache_bytes = 0;
+    }
+
     fn take_cached_state(&mut self, key: &str) -> Option<StateMap> {
         let state = self.state_cache.remove(key)?;
         self.state_cache_bytes = self
@@ -991,11 +1003,6 @@ impl Dispatcher {
     }
 
     fn cache_state(&mut self, key: String, state: StateMap) {
-        // With Kafka, other instances own a key's partition in turn and
-        // write its state: only the store is exact, so nothing is cached.
-        if self.kafka.is_some() {
-            return;
-        }
         let bytes = state_bytes(&key, &state);
         if self.state_cache_bytes + bytes > STATE_CACHE_BYTES {
             // Crude but bounded: start over rather than track recency.
