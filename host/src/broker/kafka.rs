@@ -583,7 +583,15 @@ impl Subscription {
                 .map_or("sluice", String::as_str),
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
-        let consumer: BaseConsumer<GroupContext> = client_config(config)
+        let mut client = client_config(config);
+        if !config.properties.contains_key("fetch.wait.max.ms") {
+            // How long a fetch may wait for records. librdkafka's 500 ms
+            // default was the p50 latency of `sluice bench --setup kafka-wasm
+            // --rate 1000` on tansu (445 ms; 99 ms with 50; 10 ms cut it to
+            // 33 ms but the consumer no longer kept up).
+            client.set("fetch.wait.max.ms", "50");
+        }
+        let consumer: BaseConsumer<GroupContext> = client
             .set("group.id", &group)
             .set("client.id", &owner)
             .set("enable.auto.commit", "false")
