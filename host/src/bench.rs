@@ -243,13 +243,7 @@ async fn pipeline(
     setup: &str,
     native: bool,
 ) -> Result<Measurement> {
-    let mut config = Config::default();
-    config.store.url = url.to_owned();
-    config.topics = vec![TopicConfig {
-        name: TOPIC.into(),
-        partitions: 4,
-    }];
-    config.handlers = vec![bench_handler(component, TOPIC)];
+    let config = embedded_config(url, component);
     let signals = Signals::new();
     let pipeline = start_pipeline(&config, store.clone(), signals.clone(), native).await?;
     let stats = pipeline
@@ -278,6 +272,19 @@ async fn pipeline(
     let mut measured = measured?;
     measured.latency_ms = latencies(url).await?;
     Ok(measured)
+}
+
+/// The embedded pipeline's configuration: the store at `url`, the input
+/// topic, and the benchmark handler running `component`.
+fn embedded_config(url: &str, component: &Path) -> Config {
+    let mut config = Config::default();
+    config.store.url = url.to_owned();
+    config.topics = vec![TopicConfig {
+        name: TOPIC.into(),
+        partitions: 4,
+    }];
+    config.handlers = vec![bench_handler(component, TOPIC)];
+    config
 }
 
 /// The benchmark handler on `topic`.
@@ -432,13 +439,7 @@ async fn swap(
     setup: &str,
 ) -> Result<Measurement> {
     use sqlx::Connection as _;
-    let mut config = Config::default();
-    config.store.url = url.to_owned();
-    config.topics = vec![TopicConfig {
-        name: TOPIC.into(),
-        partitions: 4,
-    }];
-    config.handlers = vec![bench_handler(component, TOPIC)];
+    let config = embedded_config(url, component);
     let signals = Signals::new();
     let pipeline = start_pipeline(&config, store.clone(), signals.clone(), false).await?;
     let first = pipeline
