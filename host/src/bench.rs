@@ -335,6 +335,29 @@ fn naive_step(event: &Event, state: &crate::runtime::StateMap) -> (u64, Event) {
     (seen, out)
 }
 
+/// One event through a naive consumer: nothing when it was processed
+/// already; else its state read, then one transaction with the processed
+/// record, the state, the outbox row and `position`'s position.
+async fn naive_one(store: &dyn Store, e: &Event, seq: i64, position: Batch) -> Result<()> {
+    if !store
+        .processed_ids(HANDLER, std::slice::from_ref(&e.id))
+        .await?
+        .is_empty()
+    {
+        return Ok(());
+    }
+    let key = e.key.clone().unwrap_or_default();
+    let state = store.load_state(HANDLER, &key).await?;
+    let (seen, out) = naive_step(e, &state);
+    store
+        .commit(&Batch {
+            processed: vec![naive_outcome(e, seq, seen, out)],
+            ..position
+        })
+        .await?;
+    Ok(())
+}
+
 /// One processed outcome of the naive consumers.
 fn naive_outcome(event: &Event, seq: i64, seen: u64, out: Event) -> Processed {
     Processed {
@@ -385,24 +408,11 @@ async fn naive(
             let Some(last) = batch.last() else { break };
             after = last.seq;
             for record in batch {
-                let e = &record.event;
-                if !store
-                    .processed_ids(HANDLER, std::slice::from_ref(&e.id))
-                    .await?
-                    .is_empty()
-                {
-                    continue;
-                }
-                let key = e.key.clone().unwrap_or_default();
-                let state = store.load_state(HANDLER, &key).await?;
-                let (seen, out) = naive_step(e, &state);
-                store
-                    .commit(&Batch {
-                        processed: vec![naive_outcome(e, record.seq, seen, out)],
-                        positions: vec![(HANDLER.into(), TOPIC.into(), record.seq)],
-                        ..Batch::default()
-                    })
-                    .await?;
+                let position = Batch {
+                    positions: vec![(HANDLER.into(), TOPIC.into(), record.seq)],
+                    ..Batch::default()
+                };
+                naive_one(&**store, &record.event, record.seq, position).await?;
             }
         }
     }
@@ -662,7 +672,7 @@ mod kafka {
 
     use super::{
         Error, HANDLER, KAFKA_PARTITIONS, Measurement, Result, Servers, Workload, finish,
-        naive_outcome, naive_step, percentiles,
+        naive_one, percentiles,
     };
     use crate::broker::{Publisher, cloudevents, kafka};
     use crate::config::{BrokerConfig, BrokerKind, Config, TopicConfig};
@@ -923,23 +933,11 @@ mod kafka {
             let offset = at.offset;
             let e = cloudevents::decode(record, at);
             read += 1;
-            if !store
-                .processed_ids(HANDLER, std::slice::from_ref(&e.id))
-                .await?
-                .is_empty()
-            {
-                continue;
-            }
-            let key = e.key.clone().unwrap_or_default();
-            let state = store.load_state(HANDLER, &key).await?;
-            let (seen, out) = naive_step(&e, &state);
-            store
-                .commit(&Batch {
-                    processed: vec![naive_outcome(&e, offset, seen, out)],
-                    broker_positions: vec![(HANDLER.into(), run.topic.clone(), partition, offset)],
-                    ..Batch::default()
-                })
-                .await?;
+            let position = Batch {
+                broker_positions: vec![(HANDLER.into(), run.topic.clone(), partition, offset)],
+                ..Batch::default()
+            };
+            naive_one(&*store, &e, offset, position).await?;
         }
         let measured = finish(setup, read, started, cpu);
         let published = producing.await.map_err(|e| Error::Other(e.to_string()))??;
