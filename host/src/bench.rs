@@ -67,6 +67,8 @@ pub struct Servers {
     pub brokers: Option<String>,
     /// A PostgreSQL database to create the benchmark's databases from.
     pub postgres: String,
+    /// Extra librdkafka properties of every Kafka client.
+    pub kafka_properties: std::collections::BTreeMap<String, String>,
 }
 
 /// Partitions of the Kafka topics.
@@ -716,6 +718,7 @@ mod kafka {
                 brokers,
                 group_prefix: format!("bench-{id}"),
                 dead_letter_topic: String::new(),
+                properties: servers.kafka_properties.clone(),
                 ..BrokerConfig::default()
             };
             let topic = format!("bench-in-{id}");

@@ -201,6 +201,10 @@ struct BenchArgs {
     /// PostgreSQL database the Kafka setups create their databases from.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
     postgres: String,
+    /// An extra librdkafka property for every Kafka client of the Kafka
+    /// setups (as `[broker.properties]`), `NAME=VALUE`; repeatable.
+    #[arg(long = "kafka-property", value_name = "NAME=VALUE")]
+    kafka_properties: Vec<String>,
     /// Run the one setup given in this process and print its measurement
     /// as JSON (each setup runs in a process of its own).
     #[arg(long, hide = true)]
@@ -622,9 +626,17 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         rate: args.rate.max(0.0),
     };
     let component = bench::component(args.component.clone())?;
+    let mut kafka_properties = std::collections::BTreeMap::new();
+    for property in &args.kafka_properties {
+        let (name, value) = property
+            .split_once('=')
+            .with_context(|| format!("--kafka-property {property}: expected NAME=VALUE"))?;
+        kafka_properties.insert(name.to_owned(), value.to_owned());
+    }
     let servers = bench::Servers {
         brokers: args.brokers.clone(),
         postgres: args.postgres.clone(),
+        kafka_properties,
     };
     let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -660,6 +672,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .args(["--rate", &workload.rate.to_string()])
             .args(["--postgres", &args.postgres])
             .args(args.brokers.iter().flat_map(|b| ["--brokers", b.as_str()]))
+            .args(
+                args.kafka_properties
+                    .iter()
+                    .flat_map(|p| ["--kafka-property", p.as_str()]),
+            )
             .arg("--component")
             .arg(&component)
             .stdout(std::process::Stdio::piped())

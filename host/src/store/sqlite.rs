@@ -6,11 +6,16 @@
 //! but a power loss or kernel crash can lose the most recent commits.
 //!
 //! Write transactions start with `BEGIN IMMEDIATE`, taking SQLite's write
-//! lock up front, so that concurrent writers queue on the busy timeout
-//! instead of failing when a read transaction tries to upgrade.
+//! lock up front, so that concurrent writers queue instead of failing when
+//! a read transaction tries to upgrade. Within the process they queue on an
+//! async lock first: SQLite's busy handler waits by sleeping (1, 2, 5, 10 ms
+//! ...), which left the database idle most of the time under load. The busy
+//! timeout still orders writers of other processes (the CLI, tests).
 
 use std::collections::{HashMap, HashSet};
+use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
@@ -41,6 +46,36 @@ const ROW_CHUNK: usize = 500;
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// This process's writers take turns here (see the module docs).
+    writer: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction that holds the process's turn to write until it
+/// commits or drops (rolls back).
+struct WriteTx {
+    // Dropped first: the rollback is queued before the turn passes on.
+    tx: sqlx::Transaction<'static, Sqlite>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
 }
 
 impl StoreDb for Sqlite {
@@ -77,7 +112,17 @@ impl SqliteStore {
             .connect_with(connect)
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// Starts a write transaction once it is this process's turn to write.
+    async fn write(&self) -> Result<WriteTx> {
+        let turn = self.writer.clone().lock_owned().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx { tx, _turn: turn })
     }
 
     /// The connection pool, for tests and tools.
@@ -208,7 +253,7 @@ async fn insert_processed(
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let n = ensure_topic_in(&mut tx, topic, partitions).await?;
         tx.commit().await?;
         Ok(n)
@@ -227,7 +272,7 @@ impl Store for SqliteStore {
     }
 
     async fn append(&self, events: &[Event], default_partitions: u32) -> Result<Vec<Appended>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let out = shared::append(&mut *tx, events, default_partitions).await?;
         tx.commit().await?;
         Ok(out)
@@ -326,7 +371,7 @@ impl Store for SqliteStore {
     async fn commit(&self, original: &Batch) -> Result<CommitReport> {
         let now = now_ms();
         let mut report = CommitReport::default();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         // Outcomes of partitions claimed since they were read are left out.
         let mut stale = Vec::new();
         for claim in &original.claims {
@@ -519,7 +564,7 @@ impl Store for SqliteStore {
     }
 
     async fn relay_outbox(&self, limit: u32, default_partitions: u32) -> Result<Vec<Appended>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let rows = sqlx::query(
             "SELECT seq, event FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT ?",
         )
@@ -554,6 +599,7 @@ impl Store for SqliteStore {
     }
 
     async fn outbox_delivered(&self, seqs: &[i64]) -> Result<()> {
+        let _turn = self.writer.lock().await;
         for chunk in seqs.chunks(IN_CHUNK) {
             let mut q = QueryBuilder::new("UPDATE outbox SET delivered_at = ");
             q.push_bind(now_ms()).push(" WHERE seq IN (");
@@ -568,6 +614,7 @@ impl Store for SqliteStore {
     }
 
     async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+        let turn = self.writer.lock().await;
         let now = now_ms();
         sqlx::query(
             "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) \
@@ -580,6 +627,7 @@ impl Store for SqliteStore {
         .bind(now)
         .execute(&self.pool)
         .await?;
+        drop(turn);
         let current: Option<String> =
             sqlx::query_scalar("SELECT holder FROM leases WHERE name = ?")
                 .bind(name)
@@ -612,7 +660,7 @@ impl Store for SqliteStore {
         partitions: &[i32],
         owner: &str,
     ) -> Result<HashMap<i32, (Option<i64>, i64)>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let mut claimed = HashMap::with_capacity(partitions.len());
         for partition in partitions {
             let epoch: i64 = sqlx::query_scalar(
@@ -689,6 +737,7 @@ impl Store for SqliteStore {
         managed_by: ManagedBy,
     ) -> Result<HandlerRecord> {
         let now = now_ms();
+        let turn = self.writer.lock().await;
         sqlx::query(
             "INSERT INTO handlers (name, config, created_at, updated_at, managed_by) VALUES (?, ?, ?, ?, ?) \
              ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at, \
@@ -701,6 +750,7 @@ impl Store for SqliteStore {
         .bind(managed_by.as_str())
         .execute(&self.pool)
         .await?;
+        drop(turn);
         shared::existing_handler(self, name).await
     }
 
@@ -732,7 +782,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_handler(&self, name: &str, purge: bool) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         for table in shared::handler_tables(purge) {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE handler = ?"
@@ -756,7 +806,7 @@ impl Store for SqliteStore {
         digest: &str,
         component: &[u8],
     ) -> Result<(VersionInfo, bool)> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM handlers WHERE name = ?")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -820,12 +870,14 @@ impl Store for SqliteStore {
                 "version {version} of handler {name}"
             )));
         }
+        let turn = self.writer.lock().await;
         sqlx::query("UPDATE handlers SET active_version = ?, updated_at = ? WHERE name = ?")
             .bind(version)
             .bind(now_ms())
             .bind(name)
             .execute(&self.pool)
             .await?;
+        drop(turn);
         shared::existing_handler(self, name).await
     }
 
@@ -874,7 +926,7 @@ impl Store for SqliteStore {
         action: DlqAction,
         version: Option<i64>,
     ) -> Result<DlqEntry> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let row = sqlx::query("SELECT * FROM dlq WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
