@@ -5,9 +5,10 @@
 //!   position (fan-out: every handler sees every event). Events the type
 //!   filter rejects, and duplicates (an id already processed, or already in
 //!   flight), are skipped and counted.
-//! * **Ordering.** Events of one key run one at a time, in log order, and
-//!   the next starts only after the previous one's outcome has committed, so
-//!   it sees that outcome's state. Different keys, and keyless events, run
+//! * **Ordering.** Events of one key run one at a time, in log order, each
+//!   against the state the previous one left: the next starts once the
+//!   previous outcome is on its way to the store, and runs again should
+//!   that outcome not apply. Different keys, and keyless events, run
 //!   in parallel up to the handler's `concurrency`, each invocation on its
 //!   own task so that several cores are used.
 //! * **Failures.** Retryable outcomes (retryable errors, traps, timeouts)
@@ -879,7 +880,11 @@ impl Dispatcher {
             item.speculative = false;
             return Some(item);
         }
-        if matches!(item.origin, Origin::Action { .. }) {
+        // Actions' clean-up rows are not undone. And speculation needs the
+        // state the committing outcome wrote: once the cache lost it
+        // (emptied on a Kafka rebalance, or full), the store's copy is
+        // older, so the item waits for the commit instead.
+        if matches!(item.origin, Origin::Action { .. }) || !self.state_cache.contains_key(key) {
             self.waiting.insert(key.clone(), item);
             return None;
         }
@@ -895,12 +900,11 @@ impl Dispatcher {
     /// per batch. Commits are sequential, so a crash loses the later
     /// outcomes with the earlier; should an outcome not apply (a duplicate
     /// by now), the work built on it is undone and runs again
-    /// ([`Dispatcher::undo_speculation`]). Only on the embedded log: with
-    /// Kafka, state is read from the store each time.
+    /// ([`Dispatcher::undo_speculation`]). On Kafka an outcome may also be
+    /// fenced (its partition claimed by another instance since): the
+    /// key's later outcomes share its partition and claim, so they are
+    /// fenced too, and undone the same way.
     fn release_committing(&mut self, committing: &mut [Done]) {
-        if self.kafka.is_some() {
-            return;
-        }
         for d in committing.iter_mut() {
             if d.kind != DoneKind::Processed || !matches!(d.origin, Origin::Log(_)) {
                 continue;
