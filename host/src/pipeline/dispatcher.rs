@@ -547,12 +547,57 @@ impl Dispatcher {
                     return false;
                 }
             };
+            self.prefetch_states(records.iter(), &processed).await;
             for record in records {
                 let duplicate = processed.contains(&record.event.id);
                 self.accept(t, record, duplicate);
             }
         }
         more
+    }
+
+    /// Loads into the state cache, in one query, the state of every key of
+    /// `records` that will run and that nothing here holds: no item of the
+    /// key is queued, running or committing, so what the store has is its
+    /// latest state. Saves a query per event for keys not seen lately.
+    async fn prefetch_states<'r>(
+        &mut self,
+        records: impl Iterator<Item = &'r LogRecord>,
+        processed: &HashSet<String>,
+    ) {
+        let mut keys: Vec<String> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
+        for record in records {
+            let event = &record.event;
+            let Some(key) = event.key.as_deref() else {
+                continue;
+            };
+            if self.cfg.accepts(&event.ty)
+                && !processed.contains(&event.id)
+                && !self.keys.contains_key(key)
+                && !self.committing_keys.contains_key(key)
+                && !self.parked.contains_key(key)
+                && !self.state_cache.contains_key(key)
+                && seen.insert(key)
+            {
+                keys.push(key.to_owned());
+            }
+        }
+        if keys.len() < 2 {
+            // One key: the invocation's own read costs the same.
+            return;
+        }
+        match self.store.load_states(&self.cfg.name, &keys).await {
+            Ok(states) => {
+                for (key, state) in states {
+                    self.cache_state(key, state);
+                }
+            }
+            // The invocations read their state themselves.
+            Err(error) => {
+                tracing::warn!(handler = %self.cfg.name, "reading states ahead failed: {error}")
+            }
+        }
     }
 
     /// Takes one record read from cursor `t`: skips it (filtered, a
@@ -656,6 +701,8 @@ impl Dispatcher {
                 }
             }
         };
+        self.prefetch_states(taken.iter().map(|(_, r)| r), &processed)
+            .await;
         for (t, record) in taken {
             let duplicate = processed.contains(&record.event.id);
             self.accept(t, record, duplicate);

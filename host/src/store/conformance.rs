@@ -109,6 +109,7 @@ conformance! {
     concurrent_version_uploads_get_distinct_numbers,
     concurrent_dlq_actions_conflict,
     state_changes_apply_in_batch_order,
+    states_load_for_many_keys_at_once,
     outbox_rows_wait_until_marked_delivered,
     a_lease_has_one_holder_until_it_expires,
     broker_positions_only_move_forward,
@@ -1095,6 +1096,54 @@ async fn open_chooses_the_backend_by_scheme() {
 
 /// State changes of one batch apply in batch order: a later event's delete
 /// wins over an earlier event's write of the same name.
+async fn states_load_for_many_keys_at_once(s: &TestStore) {
+    // More keys than one SQLite statement binds; two fields each, and the
+    // same keys under another handler.
+    let keys: Vec<String> = (0..700).map(|i| format!("k{i}")).collect();
+    let mut outcomes = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let mut p = processed("h", "in", i as i64 + 1, &format!("e{i}"), Some(key));
+        p.state_changes = BTreeMap::from([
+            ("n".to_string(), Some(i.to_string().into_bytes())),
+            ("m".to_string(), Some(b"x".to_vec())),
+        ]);
+        outcomes.push(p);
+    }
+    let mut other = processed("g", "in", 1, "e0", Some("k0"));
+    other.state_changes = BTreeMap::from([("n".to_string(), Some(b"g".to_vec()))]);
+    outcomes.push(other);
+    s.commit(&Batch {
+        processed: outcomes,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let mut asked = keys.clone();
+    asked.push("none".into());
+    let states = s.load_states("h", &asked).await.unwrap();
+    assert_eq!(states.len(), 701);
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            states[key],
+            BTreeMap::from([
+                ("m".to_string(), b"x".to_vec()),
+                ("n".to_string(), i.to_string().into_bytes()),
+            ]),
+            "{key}"
+        );
+        assert_eq!(states[key], s.load_state("h", key).await.unwrap());
+    }
+    assert!(states["none"].is_empty());
+    let g = s
+        .load_states("g", &["k0".to_string(), "k1".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(g["k0"], BTreeMap::from([("n".to_string(), b"g".to_vec())]));
+    assert!(g["k1"].is_empty());
+    assert!(s.load_states("h", &[]).await.unwrap().is_empty());
+}
+
 async fn state_changes_apply_in_batch_order(s: &TestStore) {
     let a = s
         .append(

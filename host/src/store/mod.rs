@@ -507,6 +507,14 @@ pub trait Store: Send + Sync + 'static {
     /// The state of `key` for `handler`.
     async fn load_state(&self, handler: &str, key: &str) -> Result<StateMap>;
 
+    /// The states of several keys of `handler` at once: an entry for every
+    /// key asked for, empty for a key without state.
+    async fn load_states(
+        &self,
+        handler: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, StateMap>>;
+
     /// The failed attempts recorded for an event that is being retried.
     async fn attempts(&self, handler: &str, event_id: &str) -> Result<Vec<AttemptRecord>>;
 

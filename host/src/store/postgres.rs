@@ -365,6 +365,28 @@ impl Store for PostgresStore {
         rows.iter().map(decode_state).collect()
     }
 
+    async fn load_states(
+        &self,
+        handler: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, StateMap>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        // Key probes, one per key (`OFFSET 0` keeps the planner from
+        // flattening them into a scan; see `processed_ids`).
+        let rows = sqlx::query(
+            "SELECT s.key, s.name, s.value FROM unnest($2::text[]) AS u(key) \
+             CROSS JOIN LATERAL (SELECT key, name, value FROM state WHERE handler = $1 AND key = u.key OFFSET 0) s",
+        )
+        .persistent(false)
+        .bind(handler)
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await?;
+        shared::decode_states(keys, &rows)
+    }
+
     async fn attempts(&self, handler: &str, event_id: &str) -> Result<Vec<AttemptRecord>> {
         let rows = sqlx::query(
             "SELECT event_id, attempt, outcome, error, version, at FROM attempts \

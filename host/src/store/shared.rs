@@ -15,6 +15,7 @@ use super::{
     ProcessedRecord, Result, Store, TopicInfo, VersionInfo, from_json, to_json,
 };
 use crate::event::{Event, partition_for_key};
+use crate::runtime::StateMap;
 
 /// The columns of a log record, in the order of the `events` table.
 pub(crate) const EVENT_COLUMNS: &str = "seq, topic, partition, \"offset\", id, source, type, time, content_type, data_schema, data, headers, key, appended_at";
@@ -131,6 +132,24 @@ pub(crate) fn decode_topic(row: &impl StoreRow) -> Result<TopicInfo> {
 /// One state field (`name, value`).
 pub(crate) fn decode_state(row: &impl StoreRow) -> Result<(String, Vec<u8>)> {
     Ok((row.text("name")?, row.bytes("value")?))
+}
+
+/// Rows of `key, name, value` into a state per key, with an empty state
+/// for each of `keys` that has no row.
+pub(crate) fn decode_states<R: StoreRow>(
+    keys: &[String],
+    rows: &[R],
+) -> Result<HashMap<String, StateMap>> {
+    let mut states: HashMap<String, StateMap> =
+        keys.iter().map(|k| (k.clone(), StateMap::new())).collect();
+    for row in rows {
+        let (name, value) = decode_state(row)?;
+        states
+            .entry(row.text("key")?)
+            .or_default()
+            .insert(name, value);
+    }
+    Ok(states)
 }
 
 /// A (handler, event id) pair, from `RETURNING handler, event_id`.

@@ -345,6 +345,25 @@ impl Store for SqliteStore {
         rows.iter().map(decode_state).collect()
     }
 
+    async fn load_states(
+        &self,
+        handler: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, StateMap>> {
+        let mut rows = Vec::new();
+        for chunk in keys.chunks(IN_CHUNK) {
+            let mut q = QueryBuilder::new("SELECT key, name, value FROM state WHERE handler = ");
+            q.push_bind(handler).push(" AND key IN (");
+            let mut list = q.separated(", ");
+            for key in chunk {
+                list.push_bind(key);
+            }
+            q.push(")");
+            rows.extend(q.build().fetch_all(&self.pool).await?);
+        }
+        shared::decode_states(keys, &rows)
+    }
+
     async fn attempts(&self, handler: &str, event_id: &str) -> Result<Vec<AttemptRecord>> {
         let rows = sqlx::query(
             "SELECT event_id, attempt, outcome, error, version, at FROM attempts \
