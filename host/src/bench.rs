@@ -298,7 +298,7 @@ fn bench_handler(component: &Path, topic: &str) -> HandlerConfig {
         types: vec!["step".into()],
         retry: Default::default(),
         limits: Default::default(),
-        concurrency: 8,
+        concurrency: 32,
         on_dead_letter: Default::default(),
         start_from: Default::default(),
     }

@@ -189,14 +189,17 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the committer task. `relay` is woken after commits that wrote
-    /// outbox rows. Failed transactions are retried (with backoff) until
-    /// they commit: the pipeline stalls while the database is unreachable
-    /// but loses nothing.
+    /// Starts the committer task. Emitted events go as `emit_to_log` says
+    /// (see [`Batch::emit_to_log`]); the relay is woken after commits that
+    /// wrote outbox rows, the dispatchers after those that appended to the
+    /// log. Failed transactions are retried (with backoff) until they
+    /// commit: the pipeline stalls while the database is unreachable but
+    /// loses nothing.
     pub fn start(
         store: Arc<dyn Store>,
         max_batch: usize,
-        relay: Arc<Notify>,
+        signals: Signals,
+        emit_to_log: Option<u32>,
     ) -> (Self, JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<CommitRequest>(1024);
         let task = tokio::spawn(async move {
@@ -212,7 +215,10 @@ impl Committer {
                         Err(_) => break,
                     }
                 }
-                let mut merged = Batch::default();
+                let mut merged = Batch {
+                    emit_to_log,
+                    ..Batch::default()
+                };
                 let mut dlq_counts = Vec::with_capacity(requests.len());
                 for r in &requests {
                     dlq_counts.push(r.batch.dead_letters.len());
@@ -220,13 +226,17 @@ impl Committer {
                 }
                 let report = commit_until_done(&*store, &merged).await;
                 if report.outbox_rows > 0 {
-                    relay.notify_one();
+                    signals.relay.notify_one();
+                }
+                if let Some(seq) = report.appended_seq {
+                    signals.appended(seq);
                 }
                 let mut dlq_ids = report.dlq_ids.into_iter();
                 for (r, n) in requests.into_iter().zip(dlq_counts) {
                     let part = CommitReport {
                         duplicates: report.duplicates.clone(),
                         outbox_rows: report.outbox_rows,
+                        appended_seq: report.appended_seq,
                         dlq_ids: dlq_ids.by_ref().take(n).collect(),
                         fenced: report.fenced.clone(),
                         fenced_partitions: report.fenced_partitions.clone(),
@@ -438,10 +448,16 @@ impl Pipeline {
         for t in &config.topics {
             store.ensure_topic(&t.name, t.partitions).await?;
         }
+        // With the embedded broker the log is in the store: emitted events
+        // go there in the commit itself.
+        let emit_to_log = publisher
+            .is_none()
+            .then_some(config.pipeline.default_partitions);
         let (committer, committer_task) = Committer::start(
             store.clone(),
             config.pipeline.max_batch,
-            signals.relay.clone(),
+            signals.clone(),
+            emit_to_log,
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let pipeline = Self {

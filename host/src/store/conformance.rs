@@ -110,6 +110,7 @@ conformance! {
     concurrent_dlq_actions_conflict,
     state_changes_apply_in_batch_order,
     states_load_for_many_keys_at_once,
+    emitted_events_can_go_straight_into_the_log,
     outbox_rows_wait_until_marked_delivered,
     a_lease_has_one_holder_until_it_expires,
     broker_positions_only_move_forward,
@@ -1096,6 +1097,76 @@ async fn open_chooses_the_backend_by_scheme() {
 
 /// State changes of one batch apply in batch order: a later event's delete
 /// wins over an earlier event's write of the same name.
+async fn emitted_events_can_go_straight_into_the_log(s: &TestStore) {
+    let a = s
+        .append(
+            &[event("e1", "in", Some("k")), event("e2", "in", Some("k"))],
+            1,
+        )
+        .await
+        .unwrap();
+    let outcome = |seq: i64, id: &str, out: &[&str]| Processed {
+        emitted: out.iter().map(|o| event(o, "out", Some("k"))).collect(),
+        ..processed("h", "in", seq, id, Some("k"))
+    };
+    let batch = Batch {
+        processed: vec![
+            outcome(a[0].seq, "e1", &["o1", "o2"]),
+            outcome(a[1].seq, "e2", &["o3"]),
+        ],
+        emit_to_log: Some(3),
+        ..Default::default()
+    };
+    let r = s.commit(&batch).await.unwrap();
+    // In the log, in emission order, in a topic created with 3 partitions;
+    // nothing in the outbox.
+    assert_eq!(r.outbox_rows, 0);
+    assert_eq!(s.outbox_backlog().await.unwrap(), 0);
+    let out = s.read_log("out", 0, 10).await.unwrap();
+    let ids: Vec<&str> = out.iter().map(|r| r.event.id.as_str()).collect();
+    assert_eq!(ids, ["o1", "o2", "o3"]);
+    assert_eq!(r.appended_seq, Some(out[2].seq));
+    assert!(out[0].seq > a[1].seq);
+    let out_topic = s
+        .topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "out");
+    assert_eq!(out_topic.map(|t| t.partitions), Some(3));
+    // One key, one partition, consecutive offsets.
+    assert!(out.iter().all(|r| r.partition == out[0].partition));
+    assert_eq!(out[2].offset, out[0].offset + 2);
+
+    // A duplicate appends nothing; a fresh outcome beside it does.
+    let c = s.append(&[event("e3", "in", Some("k"))], 1).await.unwrap();
+    let r = s
+        .commit(&Batch {
+            processed: vec![
+                outcome(a[0].seq, "e1", &["o1-again"]),
+                outcome(c[0].seq, "e3", &["o4"]),
+            ],
+            emit_to_log: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(r.duplicates.contains(&("h".to_string(), "e1".to_string())));
+    let out = s.read_log("out", 0, 10).await.unwrap();
+    let ids: Vec<&str> = out.iter().map(|r| r.event.id.as_str()).collect();
+    assert_eq!(ids, ["o1", "o2", "o3", "o4"]);
+    assert_eq!(r.appended_seq, Some(out[3].seq));
+    // Nothing emitted, nothing appended.
+    let r = s
+        .commit(&Batch {
+            emit_to_log: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.appended_seq, None);
+}
+
 async fn states_load_for_many_keys_at_once(s: &TestStore) {
     // More keys than one SQLite statement binds; two fields each, and the
     // same keys under another handler.

@@ -312,6 +312,13 @@ pub struct Batch {
     /// The claims this batch's Kafka outcomes and positions were read
     /// under: those of a partition claimed again since are not applied.
     pub claims: Vec<Claim>,
+    /// Where emitted events go. `Some(partitions)`: straight into the log
+    /// of this store, in the commit's transaction (the embedded broker,
+    /// whose log is in the same database: an outbox row and a relay would
+    /// only copy them there later); a topic created on the way gets
+    /// `partitions`. `None`: into the outbox, for the relay to publish to
+    /// an external broker.
+    pub emit_to_log: Option<u32>,
 }
 
 /// A partition claim (see [`Store::claim_partitions`]) and the events of
@@ -353,6 +360,9 @@ pub struct CommitReport {
     pub duplicates: HashSet<(String, String)>,
     /// Outbox rows written.
     pub outbox_rows: u64,
+    /// The highest log sequence number the commit appended (emitted
+    /// events, with [`Batch::emit_to_log`]).
+    pub appended_seq: Option<i64>,
     /// Ids of the DLQ entries created, in the order of `dead_letters`
     /// (0 for one not created).
     pub dlq_ids: Vec<i64>,

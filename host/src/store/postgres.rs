@@ -414,6 +414,13 @@ impl Store for PostgresStore {
         let now = now_ms();
         let mut report = CommitReport::default();
         let mut tx = self.pool.begin().await?;
+        if original.emit_to_log.is_some()
+            && original.processed.iter().any(|p| !p.emitted.is_empty())
+        {
+            // Emitted events go into the log: its lock first, as every
+            // log writer takes it, before any row lock.
+            lock_log(&mut tx).await?;
+        }
         // Outcomes of partitions claimed since they were read are left out.
         // FOR SHARE: a claim (which updates the row) waits for this commit,
         // or this commit sees the claim.
@@ -469,12 +476,17 @@ impl Store for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        for chunk in effects.outbox.chunks(ROW_CHUNK) {
-            Postgres::insert_outbox(chunk, now)?
-                .build()
-                .execute(&mut *tx)
-                .await?;
-            report.outbox_rows += chunk.len() as u64;
+        if let Some(partitions) = batch.emit_to_log {
+            report.appended_seq =
+                shared::append_emitted(&mut *tx, &effects.outbox, partitions).await?;
+        } else {
+            for chunk in effects.outbox.chunks(ROW_CHUNK) {
+                Postgres::insert_outbox(chunk, now)?
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
+                report.outbox_rows += chunk.len() as u64;
+            }
         }
         delete_attempts(&mut tx, &effects.retried).await?;
         for (handler, event_id, a) in &batch.failures {

@@ -455,6 +455,22 @@ pub(crate) trait LogWriter {
 /// a partition from its key (at random without one), then the partition's
 /// next offset. Then they are inserted with multi-row statements, and the
 /// partitions' next offsets stored.
+/// Appends a commit's emitted events to the log (see
+/// [`Batch::emit_to_log`]), in the writer's transaction; the highest
+/// sequence number appended.
+pub(crate) async fn append_emitted<W: LogWriter>(
+    writer: &mut W,
+    emitted: &[(&str, &Event)],
+    default_partitions: u32,
+) -> Result<Option<i64>> {
+    if emitted.is_empty() {
+        return Ok(None);
+    }
+    let events: Vec<Event> = emitted.iter().map(|(_, e)| (*e).clone()).collect();
+    let appended = append(writer, &events, default_partitions).await?;
+    Ok(appended.iter().map(|a| a.seq).max())
+}
+
 pub(crate) async fn append<W: LogWriter>(
     writer: &mut W,
     events: &[Event],

@@ -441,12 +441,17 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        for chunk in effects.outbox.chunks(ROW_CHUNK) {
-            Sqlite::insert_outbox(chunk, now)?
-                .build()
-                .execute(&mut *tx)
-                .await?;
-            report.outbox_rows += chunk.len() as u64;
+        if let Some(partitions) = batch.emit_to_log {
+            report.appended_seq =
+                shared::append_emitted(&mut *tx, &effects.outbox, partitions).await?;
+        } else {
+            for chunk in effects.outbox.chunks(ROW_CHUNK) {
+                Sqlite::insert_outbox(chunk, now)?
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
+                report.outbox_rows += chunk.len() as u64;
+            }
         }
         for (handler, event_id, a) in &batch.failures {
             sqlx::query(
