@@ -130,6 +130,9 @@ fn group_commit(c: &mut Criterion) {
                                 }
                             })
                             .collect(),
+                        // As the embedded pipeline commits: emitted
+                        // events straight into the log.
+                        emit_to_log: Some(4),
                         ..Batch::default()
                     }
                 },

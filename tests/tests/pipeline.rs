@@ -681,16 +681,21 @@ impl sluice::runtime::NativeHandler for SlowCounter {
             .map(|v| serde_json::from_slice(v).map_err(|e| e.to_string()))
             .transpose()?
             .unwrap_or(0);
-        if event.id == "e1" {
-            self.started.store(true, SeqCst);
-            for _ in 0..3000 {
-                if self.go.load(SeqCst) {
-                    break;
+        // It blocks its thread, a runtime worker: tell the runtime, or the
+        // test's own timers and I/O can wait for it (with two workers,
+        // `e1 to start` was seen only after the 30 s below had run out).
+        tokio::task::block_in_place(|| {
+            if event.id == "e1" {
+                self.started.store(true, SeqCst);
+                for _ in 0..3000 {
+                    if self.go.load(SeqCst) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                std::thread::sleep(Duration::from_millis(10));
             }
-        }
-        std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(Duration::from_millis(300));
+        });
         out.state_changes
             .insert("n".into(), Some(serde_json::to_vec(&(n + 1)).unwrap()));
         Ok(())

@@ -587,8 +587,10 @@ impl Subscription {
         if !config.properties.contains_key("fetch.wait.max.ms") {
             // How long a fetch may wait for records. librdkafka's 500 ms
             // default was the p50 latency of `sluice bench --setup kafka-wasm
-            // --rate 1000` on tansu (445 ms; 99 ms with 50; 10 ms cut it to
-            // 33 ms but the consumer no longer kept up).
+            // --rate 1000` on tansu (445 ms; 99 ms with 50). tansu 0.6.0
+            // always waits out the full time, records or not, so on tansu
+            // set 5 (README); Kafka and Redpanda answer once records are
+            // there, and a short wait would only poll an idle topic faster.
             client.set("fetch.wait.max.ms", "50");
         }
         let consumer: BaseConsumer<GroupContext> = client
