@@ -223,7 +223,7 @@ impl LogWriter for PgConnection {
 
     async fn insert_events(
         &mut self,
-        events: &[Event],
+        events: &[&Event],
         places: &[(u32, i64)],
         now: i64,
     ) -> Result<Vec<((String, u32, i64), i64)>> {
@@ -294,7 +294,12 @@ impl Store for PostgresStore {
     async fn append(&self, events: &[Event], default_partitions: u32) -> Result<Vec<Appended>> {
         let mut tx = self.pool.begin().await?;
         lock_log(&mut tx).await?;
-        let out = shared::append(&mut *tx, events, default_partitions).await?;
+        let out = shared::append(
+            &mut *tx,
+            &events.iter().collect::<Vec<_>>(),
+            default_partitions,
+        )
+        .await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -638,7 +643,12 @@ impl Store for PostgresStore {
         if taken.is_empty() {
             return Ok(Vec::new());
         }
-        let appended = shared::append(&mut *tx, &events, default_partitions).await?;
+        let appended = shared::append(
+            &mut *tx,
+            &events.iter().collect::<Vec<_>>(),
+            default_partitions,
+        )
+        .await?;
         // Mark exactly the rows read, not "everything up to the last one":
         // outbox seqs are also drawn before commit, so a commit still in
         // flight may add a lower seq that this relay has not seen.

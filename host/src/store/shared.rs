@@ -303,7 +303,7 @@ where
     /// Inserts `events` at their `places` (partition, offset), appended at
     /// `now`, returning `seq, topic, partition, "offset"` of each.
     fn insert_events(
-        events: &[Event],
+        events: &[&Event],
         places: &[(u32, i64)],
         now: i64,
     ) -> Result<QueryBuilder<Self>> {
@@ -439,7 +439,7 @@ pub(crate) trait LogWriter {
     /// `now`; returns ((topic, partition, offset), seq) of each.
     async fn insert_events(
         &mut self,
-        events: &[Event],
+        events: &[&Event],
         places: &[(u32, i64)],
         now: i64,
     ) -> Result<Vec<((String, u32, i64), i64)>>;
@@ -466,14 +466,14 @@ pub(crate) async fn append_emitted<W: LogWriter>(
     if emitted.is_empty() {
         return Ok(None);
     }
-    let events: Vec<Event> = emitted.iter().map(|(_, e)| (*e).clone()).collect();
+    let events: Vec<&Event> = emitted.iter().map(|(_, e)| *e).collect();
     let appended = append(writer, &events, default_partitions).await?;
     Ok(appended.iter().map(|a| a.seq).max())
 }
 
 pub(crate) async fn append<W: LogWriter>(
     writer: &mut W,
-    events: &[Event],
+    events: &[&Event],
     default_partitions: u32,
 ) -> Result<Vec<Appended>> {
     let now = super::now_ms();

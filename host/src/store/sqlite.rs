@@ -183,7 +183,7 @@ impl LogWriter for SqliteConnection {
 
     async fn insert_events(
         &mut self,
-        events: &[Event],
+        events: &[&Event],
         places: &[(u32, i64)],
         now: i64,
     ) -> Result<Vec<((String, u32, i64), i64)>> {
@@ -273,7 +273,12 @@ impl Store for SqliteStore {
 
     async fn append(&self, events: &[Event], default_partitions: u32) -> Result<Vec<Appended>> {
         let mut tx = self.write().await?;
-        let out = shared::append(&mut *tx, events, default_partitions).await?;
+        let out = shared::append(
+            &mut *tx,
+            &events.iter().collect::<Vec<_>>(),
+            default_partitions,
+        )
+        .await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -599,7 +604,12 @@ impl Store for SqliteStore {
         let Some(&last) = seqs.last() else {
             return Ok(Vec::new());
         };
-        let appended = shared::append(&mut *tx, &events, default_partitions).await?;
+        let appended = shared::append(
+            &mut *tx,
+            &events.iter().collect::<Vec<_>>(),
+            default_partitions,
+        )
+        .await?;
         // Rows are taken in seq order under the write lock, so everything up
         // to `last` that is still pending is exactly what was read.
         sqlx::query("UPDATE outbox SET delivered_at = ? WHERE delivered_at IS NULL AND seq <= ?")
@@ -623,7 +633,7 @@ impl Store for SqliteStore {
     }
 
     async fn outbox_delivered(&self, seqs: &[i64]) -> Result<()> {
-        let _turn = self.writer.lock().await;
+        let mut tx = self.write().await?;
         for chunk in seqs.chunks(IN_CHUNK) {
             let mut q = QueryBuilder::new("UPDATE outbox SET delivered_at = ");
             q.push_bind(now_ms()).push(" WHERE seq IN (");
@@ -632,13 +642,13 @@ impl Store for SqliteStore {
                 list.push_bind(*seq);
             }
             q.push(")");
-            q.build().execute(&self.pool).await?;
+            q.build().execute(&mut *tx).await?;
         }
-        Ok(())
+        tx.commit().await
     }
 
     async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
-        let turn = self.writer.lock().await;
+        let mut tx = self.write().await?;
         let now = now_ms();
         sqlx::query(
             "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) \
@@ -649,9 +659,9 @@ impl Store for SqliteStore {
         .bind(holder)
         .bind(now + ttl_ms)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        drop(turn);
+        tx.commit().await?;
         let current: Option<String> =
             sqlx::query_scalar("SELECT holder FROM leases WHERE name = ?")
                 .bind(name)
@@ -761,7 +771,7 @@ impl Store for SqliteStore {
         managed_by: ManagedBy,
     ) -> Result<HandlerRecord> {
         let now = now_ms();
-        let turn = self.writer.lock().await;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO handlers (name, config, created_at, updated_at, managed_by) VALUES (?, ?, ?, ?, ?) \
              ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at, \
@@ -772,9 +782,9 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(now)
         .bind(managed_by.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        drop(turn);
+        tx.commit().await?;
         shared::existing_handler(self, name).await
     }
 
@@ -894,14 +904,14 @@ impl Store for SqliteStore {
                 "version {version} of handler {name}"
             )));
         }
-        let turn = self.writer.lock().await;
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE handlers SET active_version = ?, updated_at = ? WHERE name = ?")
             .bind(version)
             .bind(now_ms())
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        drop(turn);
+        tx.commit().await?;
         shared::existing_handler(self, name).await
     }
 
