@@ -523,7 +523,7 @@ impl Dispatcher {
             let cursor = &self.topics[t];
             let records = match self
                 .store
-                .read_log(&cursor.name, cursor.fetched, limit)
+                .read_log_for(&self.cfg.name, &cursor.name, cursor.fetched, limit)
                 .await
             {
                 Ok(records) => records,
@@ -535,21 +535,14 @@ impl Dispatcher {
             if records.len() as u32 >= limit {
                 more = true;
             }
-            let ids: Vec<String> = records
+            let processed: HashSet<String> = records
                 .iter()
-                .filter(|r| self.cfg.accepts(&r.event.ty))
-                .map(|r| r.event.id.clone())
+                .filter(|(_, done)| *done)
+                .map(|(r, _)| r.event.id.clone())
                 .collect();
-            let processed = match self.store.processed_ids(&self.cfg.name, &ids).await {
-                Ok(p) => p,
-                Err(error) => {
-                    tracing::error!(handler = %self.cfg.name, "reading processed ids failed: {error}");
-                    return false;
-                }
-            };
-            self.prefetch_states(records.iter(), &processed).await;
-            for record in records {
-                let duplicate = processed.contains(&record.event.id);
+            self.prefetch_states(records.iter().map(|(r, _)| r), &processed)
+                .await;
+            for (record, duplicate) in records {
                 self.accept(t, record, duplicate);
             }
         }

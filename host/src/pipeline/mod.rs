@@ -219,10 +219,12 @@ impl Committer {
                     emit_to_log,
                     ..Batch::default()
                 };
-                let mut dlq_counts = Vec::with_capacity(requests.len());
-                for r in &requests {
-                    dlq_counts.push(r.batch.dead_letters.len());
-                    merge(&mut merged, &r.batch);
+                // The requests' batches are moved, not copied: every
+                // emitted event and state value would be cloned otherwise.
+                let mut waiting = Vec::with_capacity(requests.len());
+                for r in requests {
+                    waiting.push((r.done, r.batch.dead_letters.len()));
+                    merge(&mut merged, r.batch);
                 }
                 let report = commit_until_done(&*store, &merged).await;
                 if report.outbox_rows > 0 {
@@ -232,7 +234,7 @@ impl Committer {
                     signals.appended(seq);
                 }
                 let mut dlq_ids = report.dlq_ids.into_iter();
-                for (r, n) in requests.into_iter().zip(dlq_counts) {
+                for (done, n) in waiting {
                     let part = CommitReport {
                         duplicates: report.duplicates.clone(),
                         outbox_rows: report.outbox_rows,
@@ -241,7 +243,7 @@ impl Committer {
                         fenced: report.fenced.clone(),
                         fenced_partitions: report.fenced_partitions.clone(),
                     };
-                    let _ = r.done.send(part);
+                    let _ = done.send(part);
                 }
             }
         });
@@ -261,17 +263,28 @@ fn size_of(b: &Batch) -> usize {
     b.processed.len() + b.dead_letters.len() + b.failures.len() + b.parked.len() + 1
 }
 
-fn merge(into: &mut Batch, from: &Batch) {
-    into.processed.extend(from.processed.iter().cloned());
-    into.failures.extend(from.failures.iter().cloned());
-    into.dead_letters.extend(from.dead_letters.iter().cloned());
-    into.parked.extend(from.parked.iter().cloned());
-    into.actions_done.extend(from.actions_done.iter().copied());
-    into.unparked.extend(from.unparked.iter().cloned());
-    into.positions.extend(from.positions.iter().cloned());
-    into.broker_positions
-        .extend(from.broker_positions.iter().cloned());
-    into.claims.extend(from.claims.iter().cloned());
+fn merge(into: &mut Batch, from: Batch) {
+    let Batch {
+        processed,
+        failures,
+        dead_letters,
+        parked,
+        actions_done,
+        unparked,
+        positions,
+        broker_positions,
+        claims,
+        emit_to_log: _,
+    } = from;
+    into.processed.extend(processed);
+    into.failures.extend(failures);
+    into.dead_letters.extend(dead_letters);
+    into.parked.extend(parked);
+    into.actions_done.extend(actions_done);
+    into.unparked.extend(unparked);
+    into.positions.extend(positions);
+    into.broker_positions.extend(broker_positions);
+    into.claims.extend(claims);
 }
 
 async fn commit_until_done(store: &dyn Store, batch: &Batch) -> CommitReport {

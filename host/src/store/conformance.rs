@@ -115,6 +115,7 @@ conformance! {
     a_lease_has_one_holder_until_it_expires,
     broker_positions_only_move_forward,
     outcomes_of_a_partition_claimed_since_are_fenced,
+    appended_seqs_are_the_stored_ones_and_reads_mark_processed,
 }
 
 fn event(id: &str, topic: &str, key: Option<&str>) -> Event {
@@ -446,6 +447,59 @@ async fn dead_letters_park_and_redrive(s: &TestStore) {
         Err(Error::NotFound(_))
     ));
     assert!(s.dlq_get(999).await.unwrap().is_none());
+}
+
+async fn appended_seqs_are_the_stored_ones_and_reads_mark_processed(s: &TestStore) {
+    // Two topics interleaved in one append, over several partitions: each
+    // answer names the sequence number the row was stored under.
+    let events: Vec<Event> = (0..40)
+        .map(|i| {
+            let topic = if i % 3 == 0 { "b" } else { "a" };
+            event(&format!("e{i}"), topic, Some(&format!("k{}", i % 7)))
+        })
+        .collect();
+    s.append(&[event("first", "a", None)], 4).await.unwrap();
+    let appended = s.append(&events, 4).await.unwrap();
+    let mut stored = s.read_log("a", 0, 100).await.unwrap();
+    stored.extend(s.read_log("b", 0, 100).await.unwrap());
+    for a in &appended {
+        let record = stored.iter().find(|r| r.event.id == a.id).unwrap();
+        assert_eq!(
+            (
+                record.seq,
+                record.partition,
+                record.offset,
+                record.event.topic.as_str()
+            ),
+            (a.seq, a.partition, a.offset, a.topic.as_str()),
+            "{}",
+            a.id
+        );
+    }
+    // Reads for a handler tell which events it has processed.
+    let done = |id: &str| {
+        let a = appended.iter().find(|a| a.id == id).unwrap();
+        processed("h", &a.topic, a.seq, id, None)
+    };
+    s.commit(&Batch {
+        processed: vec![done("e1"), done("e4")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let read = s.read_log_for("h", "a", 0, 100).await.unwrap();
+    assert_eq!(read.len(), 27);
+    for (record, processed) in &read {
+        let id = record.event.id.as_str();
+        assert_eq!(*processed, id == "e1" || id == "e4", "{id}");
+    }
+    let later = s
+        .read_log_for("other", "a", read[2].0.seq, 5)
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 5);
+    assert_eq!(later[0].0.seq, read[3].0.seq);
+    assert!(later.iter().all(|(_, processed)| !processed));
 }
 
 async fn commit_reports_duplicates_and_dlq_ids_in_order(s: &TestStore) {

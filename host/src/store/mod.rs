@@ -505,6 +505,28 @@ pub trait Store: Send + Sync + 'static {
     /// Reads up to `limit` events of `topic` with `seq > after`, in order.
     async fn read_log(&self, topic: &str, after: i64, limit: u32) -> Result<Vec<LogRecord>>;
 
+    /// [`Store::read_log`], each record paired with whether `handler` has
+    /// a processed record of its event id. The dispatcher reads this way,
+    /// so a backend may answer both in one query.
+    async fn read_log_for(
+        &self,
+        handler: &str,
+        topic: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(LogRecord, bool)>> {
+        let records = self.read_log(topic, after, limit).await?;
+        let ids: Vec<String> = records.iter().map(|r| r.event.id.clone()).collect();
+        let processed = self.processed_ids(handler, &ids).await?;
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                let done = processed.contains(&r.event.id);
+                (r, done)
+            })
+            .collect())
+    }
+
     /// Reads log records by sequence number (any topic), in order.
     async fn read_seqs(&self, seqs: &[i64]) -> Result<Vec<LogRecord>>;
 

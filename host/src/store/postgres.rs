@@ -228,6 +228,7 @@ impl LogWriter for PgConnection {
         now: i64,
     ) -> Result<Vec<((String, u32, i64), i64)>> {
         let mut q = Postgres::insert_events(events, places, now)?;
+        q.push(" RETURNING seq, topic, partition, \"offset\"");
         let rows = q.build().fetch_all(&mut *self).await?;
         rows.iter().map(decode_placed).collect()
     }
@@ -453,6 +454,7 @@ impl Store for PostgresStore {
         let mut fresh: HashSet<(String, String)> = HashSet::new();
         for chunk in batch.processed.chunks(ROW_CHUNK) {
             let mut q = Postgres::insert_processed(chunk, now);
+            q.push(shared::NEW_PROCESSED);
             for row in q.build().fetch_all(&mut *tx).await? {
                 fresh.insert(decode_processed_key(&row)?);
             }

@@ -284,6 +284,10 @@ pub(crate) fn decode_outbox<R: StoreRow>(rows: &[R]) -> Result<(Vec<Event>, Vec<
 // ---------------------------------------------------------------------------
 // Queries written the same way for both databases
 
+/// Ends [`StoreDb::insert_processed`] to return `handler, event_id` of the
+/// rows that were new.
+pub(crate) const NEW_PROCESSED: &str = " RETURNING handler, event_id";
+
 /// A database the store runs on. Its provided functions build the
 /// statements whose SQL is the same in both dialects; [`QueryBuilder`]
 /// writes the placeholders (`?` or `$n`).
@@ -301,7 +305,7 @@ where
     const CAUSATION_COLUMN: bool;
 
     /// Inserts `events` at their `places` (partition, offset), appended at
-    /// `now`, returning `seq, topic, partition, "offset"` of each.
+    /// `now`; the caller learns their sequence numbers its own way.
     fn insert_events(
         events: &[&Event],
         places: &[(u32, i64)],
@@ -342,12 +346,11 @@ where
         );
         // Sequence numbers are drawn row by row in VALUES order, so events
         // of one append get increasing sequence numbers in the given order.
-        q.push(" RETURNING seq, topic, partition, \"offset\"");
         Ok(q)
     }
 
-    /// Inserts `ok` processed records for `processed`, unless they exist,
-    /// returning `handler, event_id` of the new ones.
+    /// Inserts `ok` processed records for `processed`, unless they exist;
+    /// [`NEW_PROCESSED`] pushed after it names the new ones.
     fn insert_processed(processed: &[Processed], now: i64) -> QueryBuilder<Self> {
         let mut q = QueryBuilder::new(
             "INSERT INTO processed (handler, event_id, topic, seq, outcome, version, attempts, processed_at) ",
@@ -362,7 +365,7 @@ where
                 .push_bind(i64::from(p.attempts))
                 .push_bind(now);
         });
-        q.push(" ON CONFLICT (handler, event_id) DO NOTHING RETURNING handler, event_id");
+        q.push(" ON CONFLICT (handler, event_id) DO NOTHING");
         q
     }
 

@@ -26,8 +26,8 @@ use sqlx::{QueryBuilder, Row};
 
 use super::shared::{
     self, EVENT_COLUMNS, LogWriter, StoreDb, decode_action, decode_dlq, decode_handler, decode_lag,
-    decode_parked_key, decode_placed, decode_processed, decode_processed_key, decode_record,
-    decode_state, decode_topic, decode_version, event_columns_of,
+    decode_parked_key, decode_processed, decode_processed_key, decode_record, decode_state,
+    decode_topic, decode_version, event_columns_of,
 };
 use super::{
     Appended, AttemptRecord, Batch, CommitReport, DlqAction, DlqEntry, DlqFilter, Error,
@@ -187,9 +187,27 @@ impl LogWriter for SqliteConnection {
         places: &[(u32, i64)],
         now: i64,
     ) -> Result<Vec<((String, u32, i64), i64)>> {
+        // No RETURNING: every row it returns crosses from sqlx's connection
+        // thread to this task, which stalls the one writer while the task
+        // waits for a core. Writers hold the write lock, so the rows got
+        // consecutive sequence numbers in VALUES order, the last one
+        // being the last rowid.
         let mut q = Sqlite::insert_events(events, places, now)?;
-        let rows = q.build().fetch_all(&mut *self).await?;
-        rows.iter().map(decode_placed).collect()
+        let done = q.build().execute(&mut *self).await?;
+        let n = events.len() as i64;
+        if done.rows_affected() != n as u64 {
+            return Err(Error::Corrupt(format!(
+                "{} of {n} events inserted",
+                done.rows_affected()
+            )));
+        }
+        let first = done.last_insert_rowid() - n + 1;
+        Ok(events
+            .iter()
+            .zip(places)
+            .zip(first..)
+            .map(|((e, (partition, offset)), seq)| ((e.topic.clone(), *partition, *offset), seq))
+            .collect())
     }
 
     async fn set_next_offset(&mut self, topic: &str, partition: u32, next: i64) -> Result<()> {
@@ -293,6 +311,30 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(decode_record).collect()
+    }
+
+    async fn read_log_for(
+        &self,
+        handler: &str,
+        topic: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(LogRecord, bool)>> {
+        // One statement instead of a read and an `IN (...)` look-up of
+        // every id read: a probe of the processed key per row.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS}, EXISTS (SELECT 1 FROM processed p WHERE p.handler = ? AND p.event_id = events.id) AS done \
+             FROM events WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?"
+        )))
+        .bind(handler)
+        .bind(topic)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((decode_record(row)?, row.try_get::<bool, _>("done")?)))
+            .collect()
     }
 
     async fn read_seqs(&self, seqs: &[i64]) -> Result<Vec<LogRecord>> {
@@ -414,14 +456,36 @@ impl Store for SqliteStore {
         let kept = shared::fence(original, &stale, &mut report);
         let batch = kept.as_ref().unwrap_or(original);
         // Processed records of the whole batch in a few multi-row
-        // statements; RETURNING names the rows that were new. A row that
-        // already existed is a duplicate: its effects are not applied again.
+        // statements. A row that already existed is a duplicate: its
+        // effects are not applied again. Usually every row is new, which
+        // the count of rows inserted tells. Otherwise the statement runs
+        // again from a savepoint, with RETURNING naming the new rows: the
+        // rows it returns cross one by one from sqlx's connection thread
+        // to this task, which stalled the one writer when done every time.
         let mut fresh: HashSet<(String, String)> = HashSet::new();
         for chunk in batch.processed.chunks(ROW_CHUNK) {
-            let mut q = Sqlite::insert_processed(chunk, now);
-            for row in q.build().fetch_all(&mut *tx).await? {
-                fresh.insert(decode_processed_key(&row)?);
+            sqlx::query("SAVEPOINT processed").execute(&mut *tx).await?;
+            let done = Sqlite::insert_processed(chunk, now)
+                .build()
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == chunk.len() as u64 {
+                fresh.extend(
+                    chunk
+                        .iter()
+                        .map(|p| (p.handler.clone(), p.event_id.clone())),
+                );
+            } else {
+                sqlx::query("ROLLBACK TO processed")
+                    .execute(&mut *tx)
+                    .await?;
+                let mut q = Sqlite::insert_processed(chunk, now);
+                q.push(shared::NEW_PROCESSED);
+                for row in q.build().fetch_all(&mut *tx).await? {
+                    fresh.insert(decode_processed_key(&row)?);
+                }
             }
+            sqlx::query("RELEASE processed").execute(&mut *tx).await?;
         }
         let effects = shared::effects(&batch.processed, fresh, &mut report.duplicates);
         for (handler, event_id) in &effects.retried {
