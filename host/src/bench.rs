@@ -88,6 +88,13 @@ pub struct Measurement {
     pub seconds: f64,
     /// CPU-seconds (user + system) of the measured phase.
     pub cpu_seconds: f64,
+    /// CPU-seconds of the whole machine in the measured phase: every
+    /// process, so the broker's and the database's too.
+    #[serde(default)]
+    pub machine_cpu_seconds: f64,
+    /// The machine's cores (`/proc/stat`).
+    #[serde(default)]
+    pub cores: u32,
     /// Peak resident set size of the process, in MiB.
     pub peak_rss_mib: f64,
     /// Latency from append to effect committed, in ms: p50 and p99.
@@ -107,6 +114,17 @@ impl Measurement {
     /// CPU-seconds per million events.
     pub fn cpu_per_million(&self) -> f64 {
         self.cpu_seconds * 1e6 / (self.events.max(1) as f64)
+    }
+
+    /// The machine's CPU-seconds per million events.
+    pub fn machine_cpu_per_million(&self) -> f64 {
+        self.machine_cpu_seconds * 1e6 / (self.events.max(1) as f64)
+    }
+
+    /// How busy the machine's cores were in the measured phase, 0 to 1: at
+    /// 1 the run was bound by CPU, below it by waits (a serial stage, I/O).
+    pub fn machine_busy(&self) -> f64 {
+        self.machine_cpu_seconds / (self.seconds.max(1e-9) * f64::from(self.cores.max(1)))
     }
 }
 
@@ -198,7 +216,7 @@ async fn append_all(store: &Arc<dyn Store>, workload: Workload) -> Result<()> {
 /// The ceiling: the log read from start to end, nothing else.
 async fn raw(store: &Arc<dyn Store>, workload: Workload, setup: &str) -> Result<Measurement> {
     append_all(store, workload).await?;
-    let (started, cpu) = (Instant::now(), cpu_seconds());
+    let (started, cpu) = (Instant::now(), Cpu::now());
     let (mut after, mut read) = (0, 0u64);
     loop {
         let batch = store.read_log(TOPIC, after, 1000).await?;
@@ -254,7 +272,7 @@ async fn pipeline(
     let stats = pipeline
         .stats(HANDLER)
         .ok_or_else(|| Error::Other("the bench handler did not start".into()))?;
-    let (started, cpu) = (Instant::now(), cpu_seconds());
+    let (started, cpu) = (Instant::now(), Cpu::now());
     let mut from = 0;
     while from < workload.events {
         workload.pace(started, from).await;
@@ -400,7 +418,7 @@ async fn naive(
     workload: Workload,
     setup: &str,
 ) -> Result<Measurement> {
-    let (started, cpu) = (Instant::now(), cpu_seconds());
+    let (started, cpu) = (Instant::now(), Cpu::now());
     let mut from = 0;
     let mut after = 0;
     while from < workload.events {
@@ -426,12 +444,15 @@ async fn naive(
     Ok(measured)
 }
 
-fn finish(setup: &str, events: u64, started: Instant, cpu_before: f64) -> Result<Measurement> {
+fn finish(setup: &str, events: u64, started: Instant, before: Cpu) -> Result<Measurement> {
+    let now = Cpu::now();
     Ok(Measurement {
         setup: setup.to_owned(),
         events,
         seconds: started.elapsed().as_secs_f64(),
-        cpu_seconds: cpu_seconds() - cpu_before,
+        cpu_seconds: now.process - before.process,
+        machine_cpu_seconds: now.machine - before.machine,
+        cores: now.cores,
         peak_rss_mib: peak_rss_mib(),
         latency_ms: None,
         swaps_ms: Vec::new(),
@@ -497,7 +518,7 @@ async fn swap(
     let mut conn = sqlx::SqliteConnection::connect(url)
         .await
         .map_err(|e| Error::Other(format!("reading processed records: {e}")))?;
-    let (started, cpu) = (Instant::now(), cpu_seconds());
+    let (started, cpu) = (Instant::now(), Cpu::now());
     let mut swaps_ms = Vec::with_capacity(SWAPS);
     for i in 0..SWAPS {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -557,6 +578,57 @@ async fn latencies(url: &str) -> Result<Option<(f64, f64)>> {
 }
 
 /// User + system CPU time of this process so far, from `/proc/self/stat`.
+/// CPU time used so far, in seconds.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    /// By this process.
+    process: f64,
+    /// By the whole machine (every core's busy time in `/proc/stat`).
+    machine: f64,
+    /// The machine's cores.
+    cores: u32,
+}
+
+impl Cpu {
+    fn now() -> Self {
+        let (machine, cores) = machine_cpu_seconds();
+        Self {
+            process: cpu_seconds(),
+            machine,
+            cores,
+        }
+    }
+}
+
+/// Busy seconds of all cores together (user, nice, system, irq, softirq
+/// and steal time of `/proc/stat`'s `cpu` line), and the number of cores.
+fn machine_cpu_seconds() -> (f64, u32) {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return (0.0, 0);
+    };
+    let mut lines = stat.lines();
+    let ticks: Vec<f64> = lines
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let cores = lines.filter(|l| l.starts_with("cpu")).count() as u32;
+    // user nice system idle iowait irq softirq steal: idle and iowait
+    // (indexes 3 and 4) are not busy. Guest time is inside user time.
+    let busy: f64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, t)| t)
+        .sum();
+    (busy / 100.0, cores)
+}
+
 fn cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0.0;
@@ -596,8 +668,16 @@ pub fn table(results: &[Measurement]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<13} {:>10} {:>12} {:>14} {:>10} {:>9} {:>9}",
-        "setup", "events", "events/s", "cpu-s/M ev", "peak MiB", "p50 ms", "p99 ms"
+        "{:<13} {:>10} {:>12} {:>14} {:>10} {:>9} {:>9} {:>15} {:>10}",
+        "setup",
+        "events",
+        "events/s",
+        "cpu-s/M ev",
+        "peak MiB",
+        "p50 ms",
+        "p99 ms",
+        "machine cpu-s/M",
+        "cores busy"
     );
     for m in results {
         let (p50, p99) = m
@@ -607,14 +687,16 @@ pub fn table(results: &[Measurement]) -> String {
             });
         let _ = writeln!(
             out,
-            "{:<13} {:>10} {:>12.0} {:>14.1} {:>10.1} {:>9} {:>9}",
+            "{:<13} {:>10} {:>12.0} {:>14.1} {:>10.1} {:>9} {:>9} {:>15.1} {:>9.0}%",
             m.setup,
             m.events,
             m.rate(),
             m.cpu_per_million(),
             m.peak_rss_mib,
             p50,
-            p99
+            p99,
+            m.machine_cpu_per_million(),
+            m.machine_busy() * 100.0
         );
     }
     for m in results.iter().filter(|m| !m.swaps_ms.is_empty()) {
@@ -863,7 +945,7 @@ mod kafka {
             workload.events as f64 / took.max(1e-9)
         );
         let consumer = run.consumer()?;
-        let (started, cpu) = (Instant::now(), super::cpu_seconds());
+        let (started, cpu) = (Instant::now(), super::Cpu::now());
         let mut read = 0;
         while read < workload.events {
             let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
@@ -927,7 +1009,7 @@ mod kafka {
             .await
             .map_err(|e| Error::Other(format!("publishing: {e}")))?;
         wait_done(&store, &stats, warmed).await?;
-        let (started, cpu) = (Instant::now(), super::cpu_seconds());
+        let (started, cpu) = (Instant::now(), super::Cpu::now());
         let published = produce(&run.topic, &publisher, workload).await?;
         wait_done(&store, &stats, warmed + workload.events).await?;
         let measured = finish(setup, workload.events, started, cpu);
@@ -970,7 +1052,7 @@ mod kafka {
     ) -> Result<Measurement> {
         let store: Arc<dyn Store> = store::open(&run.url, &StoreOptions::default()).await?;
         let consumer = run.consumer()?;
-        let (started, cpu) = (Instant::now(), super::cpu_seconds());
+        let (started, cpu) = (Instant::now(), super::Cpu::now());
         let topic = run.topic.clone();
         let producing = tokio::spawn(async move { produce(&topic, &publisher, workload).await });
         let mut read = 0;

@@ -184,6 +184,15 @@ fn without_nul(text: &str) -> Cow<'_, str> {
 }
 
 async fn ensure_topic_in(conn: &mut PgConnection, topic: &str, partitions: u32) -> Result<u32> {
+    // Usually the topic exists: one statement.
+    let known: Option<i64> = sqlx::query_scalar("SELECT partitions FROM topics WHERE name = $1")
+        .bind(topic)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(n) = known {
+        return u32::try_from(n)
+            .map_err(|_| Error::Corrupt(format!("topic {topic} has {n} partitions")));
+    }
     // A concurrent creator of the same topic makes this wait for its
     // commit and then do nothing, so the count read next is the winner's.
     sqlx::query(
@@ -210,15 +219,19 @@ impl LogWriter for PgConnection {
         ensure_topic_in(self, topic, partitions).await
     }
 
-    async fn next_offset(&mut self, topic: &str, partition: u32) -> Result<i64> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT next_offset FROM partition_heads WHERE topic = $1 AND partition = $2",
-        )
-        .bind(topic)
-        .bind(i64::from(partition))
-        .fetch_optional(&mut *self)
-        .await?;
-        Ok(next.unwrap_or(0))
+    async fn next_offsets(&mut self, topic: &str) -> Result<HashMap<u32, i64>> {
+        let rows: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT partition, next_offset FROM partition_heads WHERE topic = $1")
+                .bind(topic)
+                .fetch_all(&mut *self)
+                .await?;
+        rows.into_iter()
+            .map(|(partition, next)| {
+                let partition = u32::try_from(partition)
+                    .map_err(|_| Error::Corrupt(format!("partition {partition} of {topic}")))?;
+                Ok((partition, next))
+            })
+            .collect()
     }
 
     async fn insert_events(
@@ -233,16 +246,13 @@ impl LogWriter for PgConnection {
         rows.iter().map(decode_placed).collect()
     }
 
-    async fn set_next_offset(&mut self, topic: &str, partition: u32, next: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO partition_heads (topic, partition, next_offset) VALUES ($1, $2, $3) \
-             ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-        )
-        .bind(topic)
-        .bind(i64::from(partition))
-        .bind(next)
-        .execute(&mut *self)
-        .await?;
+    async fn set_next_offsets(&mut self, heads: &[(&str, u32, i64)]) -> Result<()> {
+        for chunk in heads.chunks(ROW_CHUNK) {
+            Postgres::upsert_heads(chunk)
+                .build()
+                .execute(&mut *self)
+                .await?;
+        }
         Ok(())
     }
 }

@@ -382,6 +382,19 @@ where
         q
     }
 
+    /// Stores partitions' next free offsets: (topic, partition, next).
+    fn upsert_heads(heads: &[(&str, u32, i64)]) -> QueryBuilder<Self> {
+        let mut q =
+            QueryBuilder::new("INSERT INTO partition_heads (topic, partition, next_offset) ");
+        q.push_values(heads, |mut row, (topic, partition, next)| {
+            row.push_bind(*topic)
+                .push_bind(i64::from(*partition))
+                .push_bind(*next);
+        });
+        q.push(" ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset");
+        q
+    }
+
     /// Inserts outbox rows: (emitting handler, event).
     fn insert_outbox(rows: &[(&str, &Event)], now: i64) -> Result<QueryBuilder<Self>> {
         let mut values = Vec::with_capacity(rows.len());
@@ -435,8 +448,9 @@ pub(crate) trait LogWriter {
     /// returns its partition count.
     async fn ensure_topic(&mut self, topic: &str, partitions: u32) -> Result<u32>;
 
-    /// The next free offset of a partition (0 for a new one).
-    async fn next_offset(&mut self, topic: &str, partition: u32) -> Result<i64>;
+    /// The next free offset of each partition of `topic` written so far
+    /// (a partition missing is new: 0).
+    async fn next_offsets(&mut self, topic: &str) -> Result<HashMap<u32, i64>>;
 
     /// Inserts `events` at their `places` (partition, offset), appended at
     /// `now`; returns ((topic, partition, offset), seq) of each.
@@ -447,8 +461,8 @@ pub(crate) trait LogWriter {
         now: i64,
     ) -> Result<Vec<((String, u32, i64), i64)>>;
 
-    /// Stores the next free offset of a partition.
-    async fn set_next_offset(&mut self, topic: &str, partition: u32, next: i64) -> Result<()>;
+    /// Stores the next free offsets of partitions: (topic, partition, next).
+    async fn set_next_offsets(&mut self, heads: &[(&str, u32, i64)]) -> Result<()>;
 }
 
 /// Appends `events`, each to its topic (created with `default_partitions`
@@ -480,34 +494,31 @@ pub(crate) async fn append<W: LogWriter>(
     default_partitions: u32,
 ) -> Result<Vec<Appended>> {
     let now = super::now_ms();
-    let mut partitions: HashMap<&str, u32> = HashMap::new();
-    let mut next: HashMap<(&str, u32), i64> = HashMap::new();
+    // Per topic: its partition count and the heads of its partitions, read
+    // once (the statements of an append are round trips on the writer).
+    let mut topics: HashMap<&str, (u32, HashMap<u32, i64>)> = HashMap::new();
     // Partitions written, in order of first appearance.
     let mut heads: Vec<(&str, u32)> = Vec::new();
     let mut places: Vec<(u32, i64)> = Vec::with_capacity(events.len());
     for e in events {
         let topic = e.topic.as_str();
-        let n = match partitions.get(topic) {
-            Some(n) => *n,
-            None => {
+        let (n, next) = match topics.entry(topic) {
+            std::collections::hash_map::Entry::Occupied(known) => known.into_mut(),
+            std::collections::hash_map::Entry::Vacant(new) => {
                 let n = writer.ensure_topic(topic, default_partitions).await?;
-                partitions.insert(topic, n);
-                n
+                new.insert((n, writer.next_offsets(topic).await?))
             }
         };
         let partition = match &e.key {
-            Some(key) => partition_for_key(key, n),
-            None => rand::random::<u32>() % n,
+            Some(key) => partition_for_key(key, *n),
+            None => rand::random::<u32>() % *n,
         };
-        let offset = match next.get(&(topic, partition)) {
-            Some(o) => *o,
-            None => {
-                heads.push((topic, partition));
-                writer.next_offset(topic, partition).await?
-            }
-        };
-        next.insert((topic, partition), offset + 1);
-        places.push((partition, offset));
+        let offset = next.entry(partition).or_insert(0);
+        if !heads.contains(&(topic, partition)) {
+            heads.push((topic, partition));
+        }
+        places.push((partition, *offset));
+        *offset += 1;
     }
     let mut seqs: HashMap<(String, u32, i64), i64> = HashMap::with_capacity(events.len());
     for (chunk, chunk_places) in events
@@ -530,11 +541,18 @@ pub(crate) async fn append<W: LogWriter>(
             seq,
         });
     }
-    for (topic, partition) in heads {
-        writer
-            .set_next_offset(topic, partition, next[&(topic, partition)])
-            .await?;
-    }
+    let heads: Vec<(&str, u32, i64)> = heads
+        .into_iter()
+        .map(|(topic, partition)| {
+            let next = topics
+                .get(topic)
+                .and_then(|(_, next)| next.get(&partition))
+                .copied()
+                .unwrap_or(0);
+            (topic, partition, next)
+        })
+        .collect();
+    writer.set_next_offsets(&heads).await?;
     Ok(out)
 }
 

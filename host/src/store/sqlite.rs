@@ -149,6 +149,15 @@ impl SqliteStore {
 }
 
 async fn ensure_topic_in(conn: &mut SqliteConnection, topic: &str, partitions: u32) -> Result<u32> {
+    // Usually the topic exists: one statement.
+    let known: Option<i64> = sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?")
+        .bind(topic)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(n) = known {
+        return u32::try_from(n)
+            .map_err(|_| Error::Corrupt(format!("topic {topic} has {n} partitions")));
+    }
     sqlx::query("INSERT INTO topics (name, partitions, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
         .bind(topic)
         .bind(i64::from(partitions.max(1)))
@@ -170,15 +179,19 @@ impl LogWriter for SqliteConnection {
         ensure_topic_in(self, topic, partitions).await
     }
 
-    async fn next_offset(&mut self, topic: &str, partition: u32) -> Result<i64> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT next_offset FROM partition_heads WHERE topic = ? AND partition = ?",
-        )
-        .bind(topic)
-        .bind(i64::from(partition))
-        .fetch_optional(&mut *self)
-        .await?;
-        Ok(next.unwrap_or(0))
+    async fn next_offsets(&mut self, topic: &str) -> Result<HashMap<u32, i64>> {
+        let rows: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT partition, next_offset FROM partition_heads WHERE topic = ?")
+                .bind(topic)
+                .fetch_all(&mut *self)
+                .await?;
+        rows.into_iter()
+            .map(|(partition, next)| {
+                let partition = u32::try_from(partition)
+                    .map_err(|_| Error::Corrupt(format!("partition {partition} of {topic}")))?;
+                Ok((partition, next))
+            })
+            .collect()
     }
 
     async fn insert_events(
@@ -210,16 +223,13 @@ impl LogWriter for SqliteConnection {
             .collect())
     }
 
-    async fn set_next_offset(&mut self, topic: &str, partition: u32, next: i64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO partition_heads (topic, partition, next_offset) VALUES (?, ?, ?) \
-             ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-        )
-        .bind(topic)
-        .bind(i64::from(partition))
-        .bind(next)
-        .execute(&mut *self)
-        .await?;
+    async fn set_next_offsets(&mut self, heads: &[(&str, u32, i64)]) -> Result<()> {
+        for chunk in heads.chunks(ROW_CHUNK) {
+            Sqlite::upsert_heads(chunk)
+                .build()
+                .execute(&mut *self)
+                .await?;
+        }
         Ok(())
     }
 }
