@@ -285,7 +285,7 @@ pub(crate) fn decode_outbox<R: StoreRow>(rows: &[R]) -> Result<(Vec<Event>, Vec<
 // Queries written the same way for both databases
 
 /// Ends [`StoreDb::insert_processed`] to return `handler, event_id` of the
-/// rows that were new.
+/// rows that were new (PostgreSQL).
 pub(crate) const NEW_PROCESSED: &str = " RETURNING handler, event_id";
 
 /// A database the store runs on. Its provided functions build the

@@ -125,6 +125,225 @@ impl SqliteStore {
         Ok(WriteTx { tx, _turn: turn })
     }
 
+    /// [`Store::commit`]. Without `name_new` the processed records are
+    /// inserted without RETURNING: its rows cross one by one from sqlx's
+    /// connection thread to this task, which held up the one writer.
+    /// Then the count of rows inserted must show every one new, or the
+    /// transaction rolls back and this returns `None`.
+    async fn commit_once(&self, original: &Batch, name_new: bool) -> Result<Option<CommitReport>> {
+        let now = now_ms();
+        let mut report = CommitReport::default();
+        let mut tx = self.write().await?;
+        // Outcomes of partitions claimed since they were read are left out.
+        let mut stale = Vec::new();
+        for claim in &original.claims {
+            let epoch: Option<i64> = sqlx::query_scalar(
+                "SELECT epoch FROM partition_claims WHERE handler = ? AND topic = ? AND partition = ?",
+            )
+            .bind(&claim.handler)
+            .bind(&claim.topic)
+            .bind(i64::from(claim.partition))
+            .fetch_optional(&mut *tx)
+            .await?;
+            if epoch != Some(claim.epoch) {
+                stale.push(claim);
+            }
+        }
+        let kept = shared::fence(original, &stale, &mut report);
+        let batch = kept.as_ref().unwrap_or(original);
+        // Processed records of the whole batch in a few multi-row
+        // statements. A row that already existed is a duplicate: its
+        // effects are not applied again.
+        let mut fresh: HashSet<(String, String)> = HashSet::new();
+        for chunk in batch.processed.chunks(ROW_CHUNK) {
+            let mut q = Sqlite::insert_processed(chunk, now);
+            if name_new {
+                q.push(shared::NEW_PROCESSED);
+                for row in q.build().fetch_all(&mut *tx).await? {
+                    fresh.insert(decode_processed_key(&row)?);
+                }
+                continue;
+            }
+            let done = q.build().execute(&mut *tx).await?;
+            if done.rows_affected() != chunk.len() as u64 {
+                // Dropping the transaction rolls it back.
+                return Ok(None);
+            }
+            fresh.extend(
+                chunk
+                    .iter()
+                    .map(|p| (p.handler.clone(), p.event_id.clone())),
+            );
+        }
+        let effects = shared::effects(&batch.processed, fresh, &mut report.duplicates);
+        for (handler, event_id) in &effects.retried {
+            sqlx::query("DELETE FROM attempts WHERE handler = ? AND event_id = ?")
+                .bind(handler)
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // In (handler, key, name) order, each field once: its last change.
+        for (handler, key, name) in &effects.state_deletes {
+            sqlx::query("DELETE FROM state WHERE handler = ? AND key = ? AND name = ?")
+                .bind(handler)
+                .bind(key)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for chunk in effects.state_writes.chunks(ROW_CHUNK) {
+            Sqlite::upsert_state(chunk)
+                .build()
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(partitions) = batch.emit_to_log {
+            report.appended_seq =
+                shared::append_emitted(&mut *tx, &effects.outbox, partitions).await?;
+        } else {
+            for chunk in effects.outbox.chunks(ROW_CHUNK) {
+                Sqlite::insert_outbox(chunk, now)?
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
+                report.outbox_rows += chunk.len() as u64;
+            }
+        }
+        for (handler, event_id, a) in &batch.failures {
+            sqlx::query(
+                "INSERT INTO attempts (handler, event_id, attempt, outcome, error, version, at) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (handler, event_id, attempt) DO UPDATE SET outcome = excluded.outcome, error = excluded.error, version = excluded.version, at = excluded.at",
+            )
+            .bind(handler)
+            .bind(event_id)
+            .bind(i64::from(a.attempt))
+            .bind(&a.outcome)
+            .bind(&a.error)
+            .bind(&a.version)
+            .bind(a.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for d in &batch.dead_letters {
+            let e = &d.record.event;
+            let attempts = u32::try_from(d.attempts.len()).unwrap_or(u32::MAX);
+            let row = ProcessedRow {
+                handler: &d.handler,
+                event_id: &e.id,
+                topic: &e.topic,
+                seq: d.record.seq,
+                outcome: "dead-lettered",
+                version: &d.version,
+                attempts,
+            };
+            let fresh = insert_processed(&mut tx, row, now).await?;
+            if !fresh {
+                report.duplicates.insert((d.handler.clone(), e.id.clone()));
+                report.dlq_ids.push(0);
+                continue;
+            }
+            let error = shared::dead_letter_error(d);
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO dlq (handler, version, topic, seq, event_id, key, event, attempts, error, status, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
+            )
+            .bind(&d.handler)
+            .bind(&d.version)
+            .bind(&e.topic)
+            .bind(d.record.seq)
+            .bind(&e.id)
+            .bind(&e.key)
+            .bind(to_json(&d.record)?)
+            .bind(to_json(&d.attempts)?)
+            .bind(error)
+            .bind(now)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            report.dlq_ids.push(id);
+            if let Some(event) = shared::dead_letter_outbox(d, id) {
+                Sqlite::insert_outbox(&[(d.handler.as_str(), &event)], now)?
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
+                report.outbox_rows += 1;
+            }
+            sqlx::query("DELETE FROM attempts WHERE handler = ? AND event_id = ?")
+                .bind(&d.handler)
+                .bind(&e.id)
+                .execute(&mut *tx)
+                .await?;
+            if d.park
+                && let Some(key) = &e.key
+            {
+                sqlx::query(
+                    "INSERT INTO parked_keys (handler, key, dlq_id) VALUES (?, ?, ?) ON CONFLICT (handler, key) DO NOTHING",
+                )
+                .bind(&d.handler)
+                .bind(key)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for pe in &batch.parked {
+            sqlx::query(
+                "INSERT INTO parked_events (handler, key, seq, topic) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(&pe.handler)
+            .bind(&pe.key)
+            .bind(pe.seq)
+            .bind(&pe.topic)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (handler, key) in &batch.unparked {
+            sqlx::query("DELETE FROM parked_keys WHERE handler = ? AND key = ?")
+                .bind(handler)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM parked_events WHERE handler = ? AND key = ?")
+                .bind(handler)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for id in &batch.actions_done {
+            sqlx::query("DELETE FROM dlq_actions WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (handler, topic, position) in &batch.positions {
+            sqlx::query(
+                "INSERT INTO positions (handler, topic, position) VALUES (?, ?, ?) \
+                 ON CONFLICT (handler, topic) DO UPDATE SET position = MAX(position, excluded.position)",
+            )
+            .bind(handler)
+            .bind(topic)
+            .bind(position)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (handler, topic, partition, position) in &batch.broker_positions {
+            sqlx::query(
+                "INSERT INTO broker_positions (handler, topic, partition, position) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (handler, topic, partition) DO UPDATE SET position = MAX(position, excluded.position)",
+            )
+            .bind(handler)
+            .bind(topic)
+            .bind(i64::from(*partition))
+            .bind(position)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        report.dlq_ids = shared::realign_dlq_ids(original, &report.fenced, report.dlq_ids);
+        Ok(Some(report))
+    }
+
     /// The connection pool, for tests and tools.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -445,225 +664,14 @@ impl Store for SqliteStore {
     }
 
     async fn commit(&self, original: &Batch) -> Result<CommitReport> {
-        let now = now_ms();
-        let mut report = CommitReport::default();
-        let mut tx = self.write().await?;
-        // Outcomes of partitions claimed since they were read are left out.
-        let mut stale = Vec::new();
-        for claim in &original.claims {
-            let epoch: Option<i64> = sqlx::query_scalar(
-                "SELECT epoch FROM partition_claims WHERE handler = ? AND topic = ? AND partition = ?",
-            )
-            .bind(&claim.handler)
-            .bind(&claim.topic)
-            .bind(i64::from(claim.partition))
-            .fetch_optional(&mut *tx)
-            .await?;
-            if epoch != Some(claim.epoch) {
-                stale.push(claim);
-            }
+        // Usually no outcome is a duplicate; when one is, the transaction
+        // rolls back and runs again, naming the new processed records.
+        if let Some(report) = self.commit_once(original, false).await? {
+            return Ok(report);
         }
-        let kept = shared::fence(original, &stale, &mut report);
-        let batch = kept.as_ref().unwrap_or(original);
-        // Processed records of the whole batch in a few multi-row
-        // statements. A row that already existed is a duplicate: its
-        // effects are not applied again. Usually every row is new, which
-        // the count of rows inserted tells. Otherwise the statement runs
-        // again from a savepoint, with RETURNING naming the new rows: the
-        // rows it returns cross one by one from sqlx's connection thread
-        // to this task, which stalled the one writer when done every time.
-        let mut fresh: HashSet<(String, String)> = HashSet::new();
-        for chunk in batch.processed.chunks(ROW_CHUNK) {
-            sqlx::query("SAVEPOINT processed").execute(&mut *tx).await?;
-            let done = Sqlite::insert_processed(chunk, now)
-                .build()
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() == chunk.len() as u64 {
-                fresh.extend(
-                    chunk
-                        .iter()
-                        .map(|p| (p.handler.clone(), p.event_id.clone())),
-                );
-            } else {
-                sqlx::query("ROLLBACK TO processed")
-                    .execute(&mut *tx)
-                    .await?;
-                let mut q = Sqlite::insert_processed(chunk, now);
-                q.push(shared::NEW_PROCESSED);
-                for row in q.build().fetch_all(&mut *tx).await? {
-                    fresh.insert(decode_processed_key(&row)?);
-                }
-            }
-            sqlx::query("RELEASE processed").execute(&mut *tx).await?;
-        }
-        let effects = shared::effects(&batch.processed, fresh, &mut report.duplicates);
-        for (handler, event_id) in &effects.retried {
-            sqlx::query("DELETE FROM attempts WHERE handler = ? AND event_id = ?")
-                .bind(handler)
-                .bind(event_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        // In (handler, key, name) order, each field once: its last change.
-        for (handler, key, name) in &effects.state_deletes {
-            sqlx::query("DELETE FROM state WHERE handler = ? AND key = ? AND name = ?")
-                .bind(handler)
-                .bind(key)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for chunk in effects.state_writes.chunks(ROW_CHUNK) {
-            Sqlite::upsert_state(chunk)
-                .build()
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(partitions) = batch.emit_to_log {
-            report.appended_seq =
-                shared::append_emitted(&mut *tx, &effects.outbox, partitions).await?;
-        } else {
-            for chunk in effects.outbox.chunks(ROW_CHUNK) {
-                Sqlite::insert_outbox(chunk, now)?
-                    .build()
-                    .execute(&mut *tx)
-                    .await?;
-                report.outbox_rows += chunk.len() as u64;
-            }
-        }
-        for (handler, event_id, a) in &batch.failures {
-            sqlx::query(
-                "INSERT INTO attempts (handler, event_id, attempt, outcome, error, version, at) VALUES (?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (handler, event_id, attempt) DO UPDATE SET outcome = excluded.outcome, error = excluded.error, version = excluded.version, at = excluded.at",
-            )
-            .bind(handler)
-            .bind(event_id)
-            .bind(i64::from(a.attempt))
-            .bind(&a.outcome)
-            .bind(&a.error)
-            .bind(&a.version)
-            .bind(a.at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for d in &batch.dead_letters {
-            let e = &d.record.event;
-            let attempts = u32::try_from(d.attempts.len()).unwrap_or(u32::MAX);
-            let row = ProcessedRow {
-                handler: &d.handler,
-                event_id: &e.id,
-                topic: &e.topic,
-                seq: d.record.seq,
-                outcome: "dead-lettered",
-                version: &d.version,
-                attempts,
-            };
-            let fresh = insert_processed(&mut tx, row, now).await?;
-            if !fresh {
-                report.duplicates.insert((d.handler.clone(), e.id.clone()));
-                report.dlq_ids.push(0);
-                continue;
-            }
-            let error = shared::dead_letter_error(d);
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO dlq (handler, version, topic, seq, event_id, key, event, attempts, error, status, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
-            )
-            .bind(&d.handler)
-            .bind(&d.version)
-            .bind(&e.topic)
-            .bind(d.record.seq)
-            .bind(&e.id)
-            .bind(&e.key)
-            .bind(to_json(&d.record)?)
-            .bind(to_json(&d.attempts)?)
-            .bind(error)
-            .bind(now)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            report.dlq_ids.push(id);
-            if let Some(event) = shared::dead_letter_outbox(d, id) {
-                Sqlite::insert_outbox(&[(d.handler.as_str(), &event)], now)?
-                    .build()
-                    .execute(&mut *tx)
-                    .await?;
-                report.outbox_rows += 1;
-            }
-            sqlx::query("DELETE FROM attempts WHERE handler = ? AND event_id = ?")
-                .bind(&d.handler)
-                .bind(&e.id)
-                .execute(&mut *tx)
-                .await?;
-            if d.park
-                && let Some(key) = &e.key
-            {
-                sqlx::query(
-                    "INSERT INTO parked_keys (handler, key, dlq_id) VALUES (?, ?, ?) ON CONFLICT (handler, key) DO NOTHING",
-                )
-                .bind(&d.handler)
-                .bind(key)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        for pe in &batch.parked {
-            sqlx::query(
-                "INSERT INTO parked_events (handler, key, seq, topic) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(&pe.handler)
-            .bind(&pe.key)
-            .bind(pe.seq)
-            .bind(&pe.topic)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for (handler, key) in &batch.unparked {
-            sqlx::query("DELETE FROM parked_keys WHERE handler = ? AND key = ?")
-                .bind(handler)
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM parked_events WHERE handler = ? AND key = ?")
-                .bind(handler)
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for id in &batch.actions_done {
-            sqlx::query("DELETE FROM dlq_actions WHERE id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for (handler, topic, position) in &batch.positions {
-            sqlx::query(
-                "INSERT INTO positions (handler, topic, position) VALUES (?, ?, ?) \
-                 ON CONFLICT (handler, topic) DO UPDATE SET position = MAX(position, excluded.position)",
-            )
-            .bind(handler)
-            .bind(topic)
-            .bind(position)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for (handler, topic, partition, position) in &batch.broker_positions {
-            sqlx::query(
-                "INSERT INTO broker_positions (handler, topic, partition, position) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (handler, topic, partition) DO UPDATE SET position = MAX(position, excluded.position)",
-            )
-            .bind(handler)
-            .bind(topic)
-            .bind(i64::from(*partition))
-            .bind(position)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        report.dlq_ids = shared::realign_dlq_ids(original, &report.fenced, report.dlq_ids);
-        Ok(report)
+        self.commit_once(original, true)
+            .await?
+            .ok_or_else(|| Error::Corrupt("a commit naming its new records did not apply".into()))
     }
 
     async fn relay_outbox(&self, limit: u32, default_partitions: u32) -> Result<Vec<Appended>> {
