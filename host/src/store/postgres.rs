@@ -29,7 +29,7 @@
 //! `StoreOptions::synchronous` is SQLite's and is ignored here.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres};
@@ -440,18 +440,42 @@ impl Store for PostgresStore {
         // Outcomes of partitions claimed since they were read are left out.
         // FOR SHARE: a claim (which updates the row) waits for this commit,
         // or this commit sees the claim.
+        // One statement for all of them (a round trip each made a commit
+        // of eight partitions eight statements longer), locking in key
+        // order as claims do.
         let mut stale = Vec::new();
-        for claim in &original.claims {
-            let epoch: Option<i64> = sqlx::query_scalar(
-                "SELECT epoch FROM partition_claims WHERE handler = $1 AND topic = $2 AND partition = $3 FOR SHARE",
+        if !original.claims.is_empty() {
+            let mut keys: (Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+            for claim in &original.claims {
+                keys.0.push(&claim.handler);
+                keys.1.push(&claim.topic);
+                keys.2.push(i64::from(claim.partition));
+            }
+            let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+                "SELECT c.handler, c.topic, c.partition, c.epoch FROM partition_claims c \
+                 JOIN UNNEST($1::text[], $2::text[], $3::bigint[]) AS k(handler, topic, partition) \
+                 ON c.handler = k.handler AND c.topic = k.topic AND c.partition = k.partition \
+                 ORDER BY c.handler, c.topic, c.partition FOR SHARE OF c",
             )
-            .bind(&claim.handler)
-            .bind(&claim.topic)
-            .bind(i64::from(claim.partition))
-            .fetch_optional(&mut *tx)
+            .bind(keys.0)
+            .bind(keys.1)
+            .bind(keys.2)
+            .persistent(false)
+            .fetch_all(&mut *tx)
             .await?;
-            if epoch != Some(claim.epoch) {
-                stale.push(claim);
+            let epochs: HashMap<(&str, &str, i64), i64> = rows
+                .iter()
+                .map(|(h, t, p, e)| ((h.as_str(), t.as_str(), *p), *e))
+                .collect();
+            for claim in &original.claims {
+                let key = (
+                    claim.handler.as_str(),
+                    claim.topic.as_str(),
+                    i64::from(claim.partition),
+                );
+                if epochs.get(&key) != Some(&claim.epoch) {
+                    stale.push(claim);
+                }
             }
         }
         let kept = shared::fence(original, &stale, &mut report);
@@ -623,15 +647,33 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
-        for (handler, topic, partition, position) in &batch.broker_positions {
+        if !batch.broker_positions.is_empty() {
+            // One statement; a partition once (a row cannot be updated
+            // twice by one statement), at its furthest position.
+            let mut furthest: BTreeMap<(&str, &str, i64), i64> = BTreeMap::new();
+            for (handler, topic, partition, position) in &batch.broker_positions {
+                let at = furthest
+                    .entry((handler.as_str(), topic.as_str(), i64::from(*partition)))
+                    .or_insert(*position);
+                *at = (*at).max(*position);
+            }
+            let mut columns: (Vec<&str>, Vec<&str>, Vec<i64>, Vec<i64>) = Default::default();
+            for ((handler, topic, partition), position) in furthest {
+                columns.0.push(handler);
+                columns.1.push(topic);
+                columns.2.push(partition);
+                columns.3.push(position);
+            }
             sqlx::query(
-                "INSERT INTO broker_positions (handler, topic, partition, position) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO broker_positions (handler, topic, partition, position) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
                  ON CONFLICT (handler, topic, partition) DO UPDATE SET position = GREATEST(broker_positions.position, EXCLUDED.position)",
             )
-            .bind(handler)
-            .bind(topic)
-            .bind(i64::from(*partition))
-            .bind(position)
+            .bind(columns.0)
+            .bind(columns.1)
+            .bind(columns.2)
+            .bind(columns.3)
+            .persistent(false)
             .execute(&mut *tx)
             .await?;
         }
