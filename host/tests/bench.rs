@@ -58,6 +58,11 @@ async fn bench_runs_every_setup_on_a_tiny_workload() {
     // The consumers that commit effects report their latency.
     let wasm = rows.iter().find(|r| r.first() == Some(&"wasm")).unwrap();
     assert_ne!(wasm[5], "-", "{stdout}");
+    // The machine's CPU per million events and how busy its cores were.
+    let machine: f64 = wasm[7].parse().unwrap();
+    let busy: f64 = wasm[8].trim_end_matches('%').parse().unwrap();
+    // (Both from 10 ms ticks: on a tiny run only their presence counts.)
+    assert!(machine >= 0.0 && busy >= 0.0, "{stdout}");
     assert!(stdout.contains("(c)/(b) wasm/native:"), "{stdout}");
     assert!(stdout.contains("(c)/(a) wasm/raw:"), "{stdout}");
     assert!(stdout.contains("(c)/(d) wasm/naive:"), "{stdout}");
