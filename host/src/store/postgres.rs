@@ -225,13 +225,7 @@ impl LogWriter for PgConnection {
                 .bind(topic)
                 .fetch_all(&mut *self)
                 .await?;
-        rows.into_iter()
-            .map(|(partition, next)| {
-                let partition = u32::try_from(partition)
-                    .map_err(|_| Error::Corrupt(format!("partition {partition} of {topic}")))?;
-                Ok((partition, next))
-            })
-            .collect()
+        shared::decode_heads(topic, rows)
     }
 
     async fn insert_events(

@@ -35,6 +35,13 @@ pub(crate) fn to_u32(value: i64, what: &str) -> Result<u32> {
     u32::try_from(value).map_err(|_| Error::Corrupt(format!("{what} {value}")))
 }
 
+/// A topic's partition heads, from `partition, next_offset` rows.
+pub(crate) fn decode_heads(topic: &str, rows: Vec<(i64, i64)>) -> Result<HashMap<u32, i64>> {
+    rows.into_iter()
+        .map(|(partition, next)| Ok((to_u32(partition, &format!("partition of {topic}"))?, next)))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------
 // Rows
 
