@@ -184,30 +184,32 @@ fn without_nul(text: &str) -> Cow<'_, str> {
 }
 
 async fn ensure_topic_in(conn: &mut PgConnection, topic: &str, partitions: u32) -> Result<u32> {
+    const COUNT: &str = "SELECT partitions FROM topics WHERE name = $1";
     // Usually the topic exists: one statement.
-    let known: Option<i64> = sqlx::query_scalar("SELECT partitions FROM topics WHERE name = $1")
+    let known: Option<i64> = sqlx::query_scalar(COUNT)
         .bind(topic)
         .fetch_optional(&mut *conn)
         .await?;
-    if let Some(n) = known {
-        return u32::try_from(n)
-            .map_err(|_| Error::Corrupt(format!("topic {topic} has {n} partitions")));
-    }
-    // A concurrent creator of the same topic makes this wait for its
-    // commit and then do nothing, so the count read next is the winner's.
-    sqlx::query(
-        "INSERT INTO topics (name, partitions, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(topic)
-    .bind(i64::from(partitions.max(1)))
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
-    let n: i64 = sqlx::query_scalar("SELECT partitions FROM topics WHERE name = $1")
-        .bind(topic)
-        .fetch_one(&mut *conn)
-        .await?;
-    u32::try_from(n).map_err(|_| Error::Corrupt(format!("topic {topic} has {n} partitions")))
+    let n = match known {
+        Some(n) => n,
+        None => {
+            // A concurrent creator of the same topic makes this wait for its
+            // commit and then do nothing, so the count read next is the winner's.
+            sqlx::query(
+                "INSERT INTO topics (name, partitions, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(topic)
+            .bind(i64::from(partitions.max(1)))
+            .bind(now_ms())
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query_scalar(COUNT)
+                .bind(topic)
+                .fetch_one(&mut *conn)
+                .await?
+        }
+    };
+    shared::to_u32(n, &format!("partition count of topic {topic}:"))
 }
 
 /// An append's statements, inside the caller's transaction, which must hold

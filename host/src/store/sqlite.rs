@@ -368,26 +368,28 @@ impl SqliteStore {
 }
 
 async fn ensure_topic_in(conn: &mut SqliteConnection, topic: &str, partitions: u32) -> Result<u32> {
+    const COUNT: &str = "SELECT partitions FROM topics WHERE name = ?";
     // Usually the topic exists: one statement.
-    let known: Option<i64> = sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?")
+    let known: Option<i64> = sqlx::query_scalar(COUNT)
         .bind(topic)
         .fetch_optional(&mut *conn)
         .await?;
-    if let Some(n) = known {
-        return u32::try_from(n)
-            .map_err(|_| Error::Corrupt(format!("topic {topic} has {n} partitions")));
-    }
-    sqlx::query("INSERT INTO topics (name, partitions, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
-        .bind(topic)
-        .bind(i64::from(partitions.max(1)))
-        .bind(now_ms())
-        .execute(&mut *conn)
-        .await?;
-    let n: i64 = sqlx::query_scalar("SELECT partitions FROM topics WHERE name = ?")
-        .bind(topic)
-        .fetch_one(&mut *conn)
-        .await?;
-    u32::try_from(n).map_err(|_| Error::Corrupt(format!("topic {topic} has {n} partitions")))
+    let n = match known {
+        Some(n) => n,
+        None => {
+            sqlx::query("INSERT INTO topics (name, partitions, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
+                .bind(topic)
+                .bind(i64::from(partitions.max(1)))
+                .bind(now_ms())
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query_scalar(COUNT)
+                .bind(topic)
+                .fetch_one(&mut *conn)
+                .await?
+        }
+    };
+    shared::to_u32(n, &format!("partition count of topic {topic}:"))
 }
 
 /// An append's statements, inside the caller's transaction.
