@@ -726,9 +726,9 @@ impl Store for PostgresStore {
     async fn outbox_delivered(&self, seqs: &[i64]) -> Result<()> {
         // Without waiting for the WAL flush: a mark lost in a crash only
         // makes the relay publish acknowledged events again, which
-        // at-least-once delivery allows (consumers skip them by id). This
-        // was the second fsync of every batch. `set_config(.., true)` lasts
-        // for this statement's own transaction, whose commit reads it.
+        // at-least-once delivery allows (consumers skip them by id), so the
+        // relay's round spares an fsync. `set_config(.., true)` lasts for
+        // this statement's own transaction, whose commit reads it.
         sqlx::query(
             "WITH async AS (SELECT set_config('synchronous_commit', 'off', true)) \
              UPDATE outbox SET delivered_at = $1 FROM async WHERE seq = ANY($2)",
