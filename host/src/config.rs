@@ -138,7 +138,11 @@ pub struct BrokerConfig {
     /// Replication factor of the topics created.
     pub replication_factor: i32,
     /// Extra librdkafka properties for producers and consumers
-    /// (`security.protocol`, `sasl.*`, ...). A consumer's `client.id` is
+    /// (`security.protocol`, `sasl.*`, ...). They override Sluice's tuning
+    /// defaults (`linger.ms` 5 and `message.timeout.ms` 30000 for
+    /// producers, `fetch.wait.max.ms` 50 for consumers), not the delivery
+    /// guarantees (`acks=all`, idempotence, the murmur2 partitioner, manual
+    /// offset commits, the group id). A consumer's `client.id` is
     /// `{client.id}-{handler}-{random}` (`sluice` when unset): unique, as
     /// it names the owner of the partitions the consumer claims.
     pub properties: std::collections::BTreeMap<String, String>,

@@ -76,17 +76,28 @@ pub async fn ensure_topics(config: &BrokerConfig, topics: &[(String, i32)]) -> R
     Ok(())
 }
 
+/// The producer's configuration: tuning defaults that `[broker.properties]`
+/// may override (the fixed values used to win over the operator's), then
+/// the guarantees of [`KafkaPublisher`], which no property may weaken.
+fn producer_config(config: &BrokerConfig) -> ClientConfig {
+    let mut client = client_config(config);
+    for (name, value) in [("linger.ms", "5"), ("message.timeout.ms", "30000")] {
+        if !config.properties.contains_key(name) {
+            client.set(name, value);
+        }
+    }
+    client
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random");
+    client
+}
+
 impl KafkaPublisher {
     /// Creates the producer (it connects lazily); topics created on first
     /// use get `partitions` partitions.
     pub fn new(config: &BrokerConfig, partitions: u32) -> Result<Self> {
-        let producer = client_config(config)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
-            .create()?;
+        let producer = producer_config(config).create()?;
         Ok(Self {
             producer,
             config: config.clone(),
@@ -735,5 +746,29 @@ impl Publisher for KafkaPublisher {
             }
         }
         self.send_all(events).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_override_the_producer_tuning_but_not_its_guarantees() {
+        let mut config = BrokerConfig::default();
+        let defaults = producer_config(&config);
+        assert_eq!(defaults.get("linger.ms"), Some("5"));
+        assert_eq!(defaults.get("acks"), Some("all"));
+        for (name, value) in [
+            ("linger.ms", "0"),
+            ("acks", "1"),
+            ("enable.idempotence", "false"),
+        ] {
+            config.properties.insert(name.into(), value.into());
+        }
+        let set = producer_config(&config);
+        assert_eq!(set.get("linger.ms"), Some("0"));
+        assert_eq!(set.get("acks"), Some("all"));
+        assert_eq!(set.get("enable.idempotence"), Some("true"));
     }
 }

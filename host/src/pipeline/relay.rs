@@ -8,7 +8,7 @@
 //! rows, and poll as a fallback.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -85,11 +85,10 @@ pub async fn run_to_broker(
     holder: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let ttl =
-        i64::try_from((poll * 10).max(Duration::from_secs(5)).as_millis()).unwrap_or(i64::MAX);
+    let mut lease = Lease::new(&holder, (poll * 10).max(Duration::from_secs(5)));
     let mut failures = 0u32;
     loop {
-        match relay_once(&*store, &*publisher, batch, &holder, ttl).await {
+        match relay_once(&*store, &*publisher, batch, &mut lease).await {
             Ok(moved) => {
                 failures = 0;
                 if moved >= batch as usize && !*shutdown.borrow() {
@@ -128,15 +127,52 @@ enum RelayError {
     Broker(#[from] crate::broker::Error),
 }
 
+/// This instance's hold on [`RELAY_LEASE`]. It is renewed in the store
+/// only once a third of its ttl has passed, not on every round: under load
+/// the relay runs a round per commit, and each renewal is a durable write.
+/// A round therefore starts with at least two thirds of the ttl left.
+struct Lease {
+    holder: String,
+    ttl: Duration,
+    /// Until when the store has it ours, by this host's clock (counted from
+    /// before the renewal was asked).
+    held_until: Option<Instant>,
+}
+
+impl Lease {
+    fn new(holder: &str, ttl: Duration) -> Self {
+        Self {
+            holder: holder.to_owned(),
+            ttl,
+            held_until: None,
+        }
+    }
+
+    /// Whether this instance holds the lease now, renewing it if due.
+    async fn hold(&mut self, store: &dyn Store) -> crate::store::Result<bool> {
+        let asked = Instant::now();
+        if self
+            .held_until
+            .is_some_and(|until| until.saturating_duration_since(asked) > self.ttl * 2 / 3)
+        {
+            return Ok(true);
+        }
+        self.held_until = None;
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        let held = store.lease(RELAY_LEASE, &self.holder, ttl_ms).await?;
+        self.held_until = held.then(|| asked + self.ttl);
+        Ok(held)
+    }
+}
+
 /// One round: `Ok(n)` rows published (0 when not the lease holder).
 async fn relay_once(
     store: &dyn Store,
     publisher: &dyn Publisher,
     batch: u32,
-    holder: &str,
-    ttl_ms: i64,
+    lease: &mut Lease,
 ) -> Result<usize, RelayError> {
-    if !store.lease(RELAY_LEASE, holder, ttl_ms).await? {
+    if !lease.hold(store).await? {
         return Ok(0);
     }
     let rows = store.outbox_pending(batch).await?;
@@ -148,4 +184,45 @@ async fn relay_once(
     store.outbox_delivered(&seqs).await?;
     tracing::debug!(events = events.len(), "relayed outbox rows to the broker");
     Ok(events.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+    use crate::store::sqlite::SqliteStore;
+
+    async fn expires_at(store: &SqliteStore) -> i64 {
+        sqlx::query_scalar("SELECT expires_at FROM leases WHERE name = ?")
+            .bind(RELAY_LEASE)
+            .fetch_one(store.pool())
+            .await
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn the_lease_is_renewed_once_a_third_of_its_ttl_has_passed() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = SqliteStore::open(&url, &StoreOptions::default()).await?;
+        let mut mine = Lease::new("a", Duration::from_millis(600));
+        let mut theirs = Lease::new("b", Duration::from_millis(600));
+        assert!(mine.hold(&store).await?);
+        let first = expires_at(&store).await;
+        assert!(first > 0);
+        // Within the first third: no write.
+        assert!(mine.hold(&store).await?);
+        assert_eq!(expires_at(&store).await, first);
+        assert!(!theirs.hold(&store).await?);
+        // Past it: renewed, and still not the other holder's.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(mine.hold(&store).await?);
+        assert!(expires_at(&store).await > first);
+        assert!(!theirs.hold(&store).await?);
+        // Not renewed at all: the other holder takes it after the ttl.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(theirs.hold(&store).await?);
+        assert!(mine.hold(&store).await.map(|held| !held)?);
+        Ok(())
+    }
 }

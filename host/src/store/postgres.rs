@@ -253,6 +253,80 @@ impl LogWriter for PgConnection {
     }
 }
 
+/// A commit's rows go in as one array parameter per column
+/// (`INSERT ... SELECT FROM UNNEST`), so that each statement has one text
+/// whatever the number of rows, prepared once per connection.
+/// Multi-row `VALUES` lists made a new statement for every row count, which
+/// sqlx prepared (a round trip more) and evicted from its cache of 100.
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// The processed records of a commit, RETURNING those that were new.
+fn insert_processed(processed: &[super::Processed], now: i64) -> PgQuery<'_> {
+    let column = |f: fn(&super::Processed) -> &str| processed.iter().map(f).collect::<Vec<_>>();
+    let (handlers, ids, topics, versions) = (
+        column(|p| &p.handler),
+        column(|p| &p.event_id),
+        column(|p| &p.topic),
+        column(|p| &p.version),
+    );
+    let seqs: Vec<i64> = processed.iter().map(|p| p.seq).collect();
+    let attempts: Vec<i64> = processed.iter().map(|p| i64::from(p.attempts)).collect();
+    sqlx::query(
+        "INSERT INTO processed (handler, event_id, topic, seq, outcome, version, attempts, processed_at) \
+         SELECT handler, event_id, topic, seq, 'ok', version, attempts, $7 \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[]) \
+           AS r(handler, event_id, topic, seq, version, attempts) \
+         ON CONFLICT (handler, event_id) DO NOTHING RETURNING handler, event_id",
+    )
+    .bind(handlers)
+    .bind(ids)
+    .bind(topics)
+    .bind(seqs)
+    .bind(versions)
+    .bind(attempts)
+    .bind(now)
+}
+
+/// State fields written by a commit; each (handler, key, name) at most once.
+fn upsert_state<'q>(fields: &'q [shared::StateWrite<'q>]) -> PgQuery<'q> {
+    let column =
+        |f: fn(&shared::StateWrite<'q>) -> &'q str| fields.iter().map(f).collect::<Vec<_>>();
+    let values: Vec<&[u8]> = fields.iter().map(|f| f.3).collect();
+    sqlx::query(
+        "INSERT INTO state (handler, key, name, value) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[]) \
+         ON CONFLICT (handler, key, name) DO UPDATE SET value = EXCLUDED.value",
+    )
+    .bind(column(|f| f.0))
+    .bind(column(|f| f.1))
+    .bind(column(|f| f.2))
+    .bind(values)
+}
+
+/// Outbox rows, (emitting handler, event), numbered in the order given:
+/// the relay publishes in that order, which keeps each key's order.
+fn insert_outbox<'q>(rows: &'q [(&'q str, &'q Event)], now: i64) -> Result<PgQuery<'q>> {
+    let column = |f: fn(&(&'q str, &'q Event)) -> &'q str| rows.iter().map(f).collect::<Vec<_>>();
+    let keys: Vec<Option<&str>> = rows.iter().map(|(_, e)| e.key.as_deref()).collect();
+    let events = rows
+        .iter()
+        .map(|(_, e)| to_json(*e))
+        .collect::<Result<Vec<String>>>()?;
+    Ok(sqlx::query(
+        "INSERT INTO outbox (event_id, topic, key, event, handler, created_at) \
+         SELECT event_id, topic, key, event, handler, $6 \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+           WITH ORDINALITY AS r(event_id, topic, key, event, handler, n) \
+         ORDER BY n",
+    )
+    .bind(column(|(_, e)| &e.id))
+    .bind(column(|(_, e)| &e.topic))
+    .bind(keys)
+    .bind(events)
+    .bind(column(|(handler, _)| handler))
+    .bind(now))
+}
+
 /// Deletes the attempts of `(handler, event id)` pairs.
 async fn delete_attempts(conn: &mut PgConnection, pairs: &[(&str, &str)]) -> Result<()> {
     if pairs.is_empty() {
@@ -482,10 +556,11 @@ impl Store for PostgresStore {
         // which this one then waits for) is a duplicate: its effects are
         // not applied again.
         let mut fresh: HashSet<(String, String)> = HashSet::new();
-        for chunk in batch.processed.chunks(ROW_CHUNK) {
-            let mut q = Postgres::insert_processed(chunk, now);
-            q.push(shared::NEW_PROCESSED);
-            for row in q.build().fetch_all(&mut *tx).await? {
+        if !batch.processed.is_empty() {
+            for row in insert_processed(&batch.processed, now)
+                .fetch_all(&mut *tx)
+                .await?
+            {
                 fresh.insert(decode_processed_key(&row)?);
             }
         }
@@ -507,23 +582,19 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
-        for chunk in effects.state_writes.chunks(ROW_CHUNK) {
-            Postgres::upsert_state(chunk)
-                .build()
+        if !effects.state_writes.is_empty() {
+            upsert_state(&effects.state_writes)
                 .execute(&mut *tx)
                 .await?;
         }
         if let Some(partitions) = batch.emit_to_log {
             report.appended_seq =
                 shared::append_emitted(&mut *tx, &effects.outbox, partitions).await?;
-        } else {
-            for chunk in effects.outbox.chunks(ROW_CHUNK) {
-                Postgres::insert_outbox(chunk, now)?
-                    .build()
-                    .execute(&mut *tx)
-                    .await?;
-                report.outbox_rows += chunk.len() as u64;
-            }
+        } else if !effects.outbox.is_empty() {
+            insert_outbox(&effects.outbox, now)?
+                .execute(&mut *tx)
+                .await?;
+            report.outbox_rows += effects.outbox.len() as u64;
         }
         delete_attempts(&mut tx, &effects.retried).await?;
         for (handler, event_id, a) in &batch.failures {
