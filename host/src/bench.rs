@@ -19,9 +19,11 @@
 //! Each reports events per second, CPU-seconds per million events (of this
 //! process: the broker's and the database's are not counted), peak RSS, and
 //! (for consumers that commit effects) p50/p99 latency from append (or
-//! publish) to effect committed.
+//! publish) to effect committed: for the pipelines, to the end of the group
+//! commit that held the outcome ([`crate::pipeline::Signals::commits`]); for
+//! the naive consumers, which commit each event alone, to `processed_at`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -268,6 +270,7 @@ async fn pipeline(
 ) -> Result<Measurement> {
     let config = embedded_config(url, component);
     let signals = Signals::new();
+    let commits = CommitTimes::collect(&signals);
     let pipeline = start_pipeline(&config, store.clone(), signals.clone(), native).await?;
     let stats = pipeline
         .stats(HANDLER)
@@ -293,7 +296,7 @@ async fn pipeline(
     let measured = finish(setup, workload.events, started, cpu);
     pipeline.shutdown().await;
     let mut measured = measured?;
-    measured.latency_ms = latencies(url).await?;
+    measured.latency_ms = latencies(url, commits.finish().await?).await?;
     Ok(measured)
 }
 
@@ -440,7 +443,7 @@ async fn naive(
         }
     }
     let mut measured = finish(setup, workload.events, started, cpu)?;
-    measured.latency_ms = latencies(url).await?;
+    measured.latency_ms = naive_latencies(url).await?;
     Ok(measured)
 }
 
@@ -477,6 +480,7 @@ async fn swap(
     use sqlx::Connection as _;
     let config = embedded_config(url, component);
     let signals = Signals::new();
+    let commits = CommitTimes::collect(&signals);
     let pipeline = start_pipeline(&config, store.clone(), signals.clone(), false).await?;
     let first = pipeline
         .active_digest(HANDLER)
@@ -556,13 +560,94 @@ async fn swap(
         .map_err(|e| Error::Other(format!("reading processed records: {e}")))?;
     let mut measured = finish(setup, processed.max(0) as u64, started, cpu)?;
     pipeline.shutdown().await;
-    measured.latency_ms = latencies(url).await?;
+    measured.latency_ms = latencies(url, commits.finish().await?).await?;
     measured.swaps_ms = swaps_ms;
     Ok(measured)
 }
 
-/// p50 and p99 of (processed_at - appended_at), from the store file.
-async fn latencies(url: &str) -> Result<Option<(f64, f64)>> {
+/// When each event's outcome had committed, by event id: the pipeline's
+/// commit notices ([`Signals::commits`]), gathered while a setup runs.
+/// (`processed_at` is written inside the transaction, so it is when the
+/// commit began, up to a commit's duration early.)
+struct CommitTimes {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<HashMap<String, i64>>>,
+}
+
+impl CommitTimes {
+    /// Starts listening; call before the pipeline starts.
+    fn collect(signals: &Signals) -> Self {
+        use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+        let mut notices = signals.commits.subscribe();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut at = HashMap::new();
+            let mut note = |c: &crate::pipeline::Committed| {
+                for (handler, id) in &c.events {
+                    if handler == HANDLER {
+                        // A later commit of the same event is a duplicate.
+                        at.entry(id.clone()).or_insert(c.at_ms);
+                    }
+                }
+            };
+            let lagged = |n| Error::Other(format!("{n} commit notices were missed"));
+            loop {
+                tokio::select! {
+                    notice = notices.recv() => match notice {
+                        Ok(c) => note(&c),
+                        Err(RecvError::Lagged(n)) => return Err(lagged(n)),
+                        Err(RecvError::Closed) => break,
+                    },
+                    _ = &mut stopped => {
+                        // What was sent before the stop is still queued.
+                        loop {
+                            match notices.try_recv() {
+                                Ok(c) => note(&c),
+                                Err(TryRecvError::Lagged(n)) => return Err(lagged(n)),
+                                Err(_) => break,
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+            Ok(at)
+        });
+        Self { stop, task }
+    }
+
+    /// The commit times gathered; call once the pipeline has shut down.
+    async fn finish(self) -> Result<HashMap<String, i64>> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| Error::Other(format!("gathering commit times: {e}")))?
+    }
+}
+
+/// p50 and p99 of (commit finished - appended_at), appended_at from the
+/// store file.
+async fn latencies(url: &str, committed: HashMap<String, i64>) -> Result<Option<(f64, f64)>> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::SqliteConnection::connect(url)
+        .await
+        .map_err(|e| Error::Other(format!("reading latencies: {e}")))?;
+    let appended: Vec<(String, i64)> =
+        sqlx::query_as("SELECT id, appended_at FROM events WHERE topic = ?")
+            .bind(TOPIC)
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| Error::Other(format!("reading latencies: {e}")))?;
+    let mut ms: Vec<i64> = appended
+        .into_iter()
+        .filter_map(|(id, at)| Some(committed.get(&id)? - at))
+        .collect();
+    Ok(percentiles(&mut ms))
+}
+
+/// p50 and p99 of (processed_at - appended_at), from the store file: the
+/// naive consumer commits each event alone, at once.
+async fn naive_latencies(url: &str) -> Result<Option<(f64, f64)>> {
     use sqlx::Connection as _;
     let mut conn = sqlx::SqliteConnection::connect(url)
         .await
@@ -979,8 +1064,9 @@ mod kafka {
             partitions: KAFKA_PARTITIONS as u32,
         }];
         config.handlers = vec![super::bench_handler(component, &run.topic)];
-        let pipeline =
-            super::start_pipeline(&config, store.clone(), Signals::new(), native).await?;
+        let signals = Signals::new();
+        let commits = super::CommitTimes::collect(&signals);
+        let pipeline = super::start_pipeline(&config, store.clone(), signals, native).await?;
         let stats = pipeline
             .stats(HANDLER)
             .ok_or_else(|| Error::Other("the bench handler did not start".into()))?;
@@ -1015,7 +1101,12 @@ mod kafka {
         let measured = finish(setup, workload.events, started, cpu);
         pipeline.shutdown().await;
         let mut measured = measured?;
-        measured.latency_ms = latencies(&run.url, &published).await?;
+        let committed = commits.finish().await?;
+        let mut ms: Vec<i64> = committed
+            .iter()
+            .filter_map(|(id, at)| Some(at - published.get(number(id)?)?))
+            .collect();
+        measured.latency_ms = super::percentiles(&mut ms);
         Ok(measured)
     }
 
@@ -1076,12 +1167,18 @@ mod kafka {
         let measured = finish(setup, read, started, cpu);
         let published = producing.await.map_err(|e| Error::Other(e.to_string()))??;
         let mut measured = measured?;
-        measured.latency_ms = latencies(&run.url, &published).await?;
+        measured.latency_ms = naive_latencies(&run.url, &published).await?;
         Ok(measured)
     }
 
-    /// p50 and p99 of (processed_at - published), from the database.
-    async fn latencies(url: &str, published: &[i64]) -> Result<Option<(f64, f64)>> {
+    /// The number of the bench event `id` (`b{n}`); warm-up events have none.
+    fn number(id: &str) -> Option<usize> {
+        id.strip_prefix('b')?.parse().ok()
+    }
+
+    /// p50 and p99 of (processed_at - published), from the database: the
+    /// naive consumer commits each record alone, at once.
+    async fn naive_latencies(url: &str, published: &[i64]) -> Result<Option<(f64, f64)>> {
         use sqlx::Connection as _;
         let mut conn = sqlx::PgConnection::connect(url)
             .await
@@ -1094,10 +1191,7 @@ mod kafka {
                 .map_err(|e| Error::Other(format!("reading latencies: {e}")))?;
         let mut ms: Vec<i64> = rows
             .into_iter()
-            .filter_map(|(id, at)| {
-                let n: usize = id.strip_prefix('b')?.parse().ok()?;
-                Some(at - published.get(n)?)
-            })
+            .filter_map(|(id, at)| Some(at - published.get(number(&id)?)?))
             .collect();
         Ok(percentiles(&mut ms))
     }

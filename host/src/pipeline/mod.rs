@@ -227,6 +227,21 @@ impl Committer {
                     merge(&mut merged, r.batch);
                 }
                 let report = commit_until_done(&*store, &merged).await;
+                if signals.commits.receiver_count() > 0 {
+                    let events = merged
+                        .processed
+                        .iter()
+                        .map(|p| (p.handler.clone(), p.event_id.clone()))
+                        .chain(
+                            merged
+                                .dead_letters
+                                .iter()
+                                .map(|d| (d.handler.clone(), d.record.event.id.clone())),
+                        )
+                        .collect();
+                    let at_ms = store::now_ms();
+                    let _ = signals.commits.send(Arc::new(Committed { at_ms, events }));
+                }
                 if report.outbox_rows > 0 {
                     signals.relay.notify_one();
                 }
@@ -312,6 +327,20 @@ pub struct Signals {
     pub relay: Arc<Notify>,
     /// Wakes dispatchers to look for DLQ actions (redrive, discard).
     pub actions: Arc<Notify>,
+    /// Every group commit, once durable, for whoever subscribed (built
+    /// only while someone listens). `sluice bench` times each event's
+    /// latency to the end of its commit with it.
+    pub commits: tokio::sync::broadcast::Sender<Arc<Committed>>,
+}
+
+/// A group commit that is durable: when it finished and whose outcomes it
+/// held (events skipped as duplicates or fenced included).
+#[derive(Debug)]
+pub struct Committed {
+    /// When the transaction had committed, ms since the epoch.
+    pub at_ms: i64,
+    /// (handler, event id) of each processed or dead-lettered event.
+    pub events: Vec<(String, String)>,
 }
 
 impl Signals {
@@ -321,6 +350,7 @@ impl Signals {
             log: watch::Sender::new(0),
             relay: Arc::new(Notify::new()),
             actions: Arc::new(Notify::new()),
+            commits: tokio::sync::broadcast::Sender::new(4096),
         }
     }
 
