@@ -1009,12 +1009,17 @@ mod kafka {
     }
 
     /// The ceiling: an rdkafka consumer reading the records, nothing else.
+    /// Paced (`--rate`), it reads while they are published and reports the
+    /// broker's own latency, publish call to record received.
     async fn raw(
         run: &Run,
         publisher: &kafka::KafkaPublisher,
         workload: Workload,
         setup: &str,
     ) -> Result<Measurement> {
+        if workload.rate > 0.0 {
+            return raw_paced(run, publisher, workload, setup).await;
+        }
         let producing = Instant::now();
         let burst = Workload {
             rate: 0.0,
@@ -1043,6 +1048,44 @@ mod kafka {
             read += 1;
         }
         finish(setup, read, started, cpu)
+    }
+
+    /// [`raw`] at the workload's rate: the consumer reads while the
+    /// producer publishes, and each record's latency is from its publish
+    /// call to its arrival here.
+    async fn raw_paced(
+        run: &Run,
+        publisher: &kafka::KafkaPublisher,
+        workload: Workload,
+        setup: &str,
+    ) -> Result<Measurement> {
+        let consumer = run.consumer()?;
+        let (started, cpu) = (Instant::now(), super::Cpu::now());
+        let reading = async {
+            let mut received: Vec<(usize, i64)> = Vec::with_capacity(workload.events as usize);
+            while received.len() < workload.events as usize {
+                let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+                    .await
+                    .map_err(|_| Error::Other("no record for 60 s".into()))?
+                    .map_err(|e| Error::Other(e.to_string()))?;
+                let at = now_ms();
+                let (record, position) = kafka::record_of(&m);
+                let event = cloudevents::decode(record, position);
+                if let Some(n) = number(&event.id) {
+                    received.push((n, at));
+                }
+            }
+            Ok::<_, Error>(received)
+        };
+        let (published, received) = tokio::join!(produce(&run.topic, publisher, workload), reading);
+        let (published, received) = (published?, received?);
+        let mut measured = finish(setup, received.len() as u64, started, cpu)?;
+        let mut ms: Vec<i64> = received
+            .iter()
+            .filter_map(|(n, at)| Some(at - published.get(*n)?))
+            .collect();
+        measured.latency_ms = super::percentiles(&mut ms);
+        Ok(measured)
     }
 
     /// The pipeline on Kafka and PostgreSQL, relay included: done when

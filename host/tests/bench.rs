@@ -77,5 +77,37 @@ async fn bench_runs_every_setup_on_a_tiny_workload() {
             .find(|r| r.first() == Some(&"kafka-wasm"))
             .unwrap();
         assert_ne!(wasm[5], "-", "{stdout}");
+        // Paced, the raw consumer reads while the producer publishes and
+        // reports the broker's own latency.
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "bench",
+                "--events",
+                "300",
+                "--rate",
+                "1000",
+                "--setup",
+                "kafka-raw",
+            ])
+            .args(["--brokers", brokers.as_deref().unwrap()])
+            .args(["--postgres", postgres.as_deref().unwrap()])
+            .arg("--component")
+            .arg(&component)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let raw: Vec<&str> = stdout
+            .lines()
+            .find(|l| l.starts_with("kafka-raw"))
+            .unwrap_or_else(|| panic!("no kafka-raw row:\n{stdout}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!(raw[1], "300", "{stdout}");
+        assert_ne!(raw[5], "-", "{stdout}");
     }
 }
