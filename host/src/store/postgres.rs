@@ -653,8 +653,7 @@ impl Store for PostgresStore {
             .await?;
             report.dlq_ids.push(id);
             if let Some(event) = shared::dead_letter_outbox(d, id) {
-                Postgres::insert_outbox(&[(d.handler.as_str(), &event)], now)?
-                    .build()
+                insert_outbox(&[(d.handler.as_str(), &event)], now)?
                     .execute(&mut *tx)
                     .await?;
                 report.outbox_rows += 1;
