@@ -18,7 +18,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::{HandlerConfig, valid_topic_name};
+use crate::config::HandlerConfig;
+use crate::event::valid_topic_name;
 use crate::event::{Event, valid_header_name};
 use crate::pipeline::{self, HandlerStats, Pipeline, Signals};
 use crate::store::{self, DlqAction, DlqFilter, DlqStatus, LogRecord, Store};

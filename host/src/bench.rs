@@ -846,15 +846,17 @@ mod kafka {
         Error, HANDLER, KAFKA_PARTITIONS, Measurement, Result, Servers, WARM_UP, Workload, finish,
         naive_one, percentiles,
     };
-    use crate::broker::{Publisher, cloudevents, kafka};
-    use crate::config::{BrokerConfig, BrokerKind, Config, TopicConfig};
+    use crate::backbone::{Publisher, cloudevents, kafka};
+    use crate::backbone::BackboneConfig;
+    use crate::backbone::kafka::KafkaConfig;
+    use crate::config::{Config, TopicConfig};
     use crate::event::Event;
     use crate::pipeline::Signals;
     use crate::store::{self, Batch, Store, StoreOptions, now_ms};
 
     /// A fresh database and fresh topics for one setup.
     struct Run {
-        broker: BrokerConfig,
+        broker: KafkaConfig,
         topic: String,
         database: String,
         url: String,
@@ -883,13 +885,12 @@ mod kafka {
                 Some((base, _)) => format!("{base}/{database}"),
                 None => return Err(Error::Other("the PostgreSQL URL names no database".into())),
             };
-            let broker = BrokerConfig {
-                kind: BrokerKind::Kafka,
+            let broker = KafkaConfig {
                 brokers,
                 group_prefix: format!("bench-{id}"),
                 dead_letter_topic: String::new(),
                 properties: servers.kafka_properties.clone(),
-                ..BrokerConfig::default()
+                ..KafkaConfig::default()
             };
             let topic = format!("bench-in-{id}");
             kafka::ensure_topics(&broker, &[(topic.clone(), KAFKA_PARTITIONS)])
@@ -953,8 +954,8 @@ mod kafka {
     ) -> Result<Vec<i64>> {
         use std::future::Future;
         use std::pin::Pin;
-        type Sending<'p> = Pin<Box<dyn Future<Output = crate::broker::Result<()>> + Send + 'p>>;
-        let failed = |e: crate::broker::Error| Error::Other(format!("publishing: {e}"));
+        type Sending<'p> = Pin<Box<dyn Future<Output = crate::backbone::Result<()>> + Send + 'p>>;
+        let failed = |e: crate::backbone::Error| Error::Other(format!("publishing: {e}"));
         let started = Instant::now();
         let mut published = Vec::with_capacity(workload.events as usize);
         let mut sending: Vec<Sending<'_>> = Vec::new();
@@ -1101,7 +1102,7 @@ mod kafka {
         let store = store::open(&run.url, &StoreOptions::default()).await?;
         let mut config = Config::default();
         config.store.url = run.url.clone();
-        config.broker = run.broker.clone();
+        config.broker = BackboneConfig::Kafka(run.broker.clone());
         config.topics = vec![TopicConfig {
             name: run.topic.clone(),
             partitions: KAFKA_PARTITIONS as u32,

@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backbone::BackboneConfig;
+use crate::event::valid_topic_name;
 use crate::runtime::{Limits, RuntimeConfig};
 use crate::store::Synchronous;
 
@@ -61,8 +63,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Config {
     /// Where durable state lives.
     pub store: StoreConfig,
-    /// Where events are consumed from and published to.
-    pub broker: BrokerConfig,
+    /// Where events are consumed from and published to (`[broker]`, its
+    /// `kind` naming the backbone).
+    pub broker: BackboneConfig,
     /// The admin HTTP server.
     pub admin: AdminConfig,
     /// The WebAssembly runtime shared by all handlers.
@@ -100,64 +103,6 @@ impl Default for StoreConfig {
             url: "sqlite://.sluice/sluice.db".into(),
             synchronous: Synchronous::Full,
             max_connections: 4,
-        }
-    }
-}
-
-/// Which broker carries the events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BrokerKind {
-    /// The log inside the store: nothing else to run.
-    #[default]
-    Embedded,
-    /// Apache Kafka, or a Kafka-compatible broker such as Redpanda.
-    Kafka,
-}
-
-/// `[broker]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BrokerConfig {
-    /// `embedded` (default) or `kafka`.
-    pub kind: BrokerKind,
-    /// Bootstrap servers of the Kafka cluster, `host:port[,host:port]`.
-    pub brokers: String,
-    /// Prefix of consumer group names: a handler consumes in the group
-    /// `{group_prefix}.{handler}`, shared by every host instance.
-    pub group_prefix: String,
-    /// Topic that dead-letter entries are also produced to, through the
-    /// outbox, with what failed in `ce_dlq*` headers (see
-    /// [`crate::store::dead_letter_event`]); empty: not produced.
-    pub dead_letter_topic: String,
-    /// Create missing topics: those handlers subscribe to, at start, and
-    /// those events are published to, on first use (with
-    /// `pipeline.default_partitions`, or the partitions of `[[topics]]`).
-    /// Turn off where topics are managed elsewhere.
-    pub create_topics: bool,
-    /// Replication factor of the topics created.
-    pub replication_factor: i32,
-    /// Extra librdkafka properties for producers and consumers
-    /// (`security.protocol`, `sasl.*`, ...). They override Sluice's tuning
-    /// defaults (`linger.ms` 5 and `message.timeout.ms` 30000 for
-    /// producers, `fetch.wait.max.ms` 50 for consumers), not the delivery
-    /// guarantees (`acks=all`, idempotence, the murmur2 partitioner, manual
-    /// offset commits, the group id). A consumer's `client.id` is
-    /// `{client.id}-{handler}-{random}` (`sluice` when unset): unique, as
-    /// it names the owner of the partitions the consumer claims.
-    pub properties: std::collections::BTreeMap<String, String>,
-}
-
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        Self {
-            kind: BrokerKind::Embedded,
-            brokers: "127.0.0.1:9092".into(),
-            group_prefix: "sluice".into(),
-            dead_letter_topic: "sluice.dlq".into(),
-            create_topics: true,
-            replication_factor: 1,
-            properties: Default::default(),
         }
     }
 }
@@ -377,16 +322,6 @@ impl HandlerConfig {
     }
 }
 
-/// Is `name` usable as a topic name? Letters, digits, `.`, `_` and `-`, at
-/// most 200 characters (as Kafka allows, so names carry over).
-pub fn valid_topic_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 200
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 /// Is `name` usable as a handler name? Lowercase letters, digits, `-` and
 /// `_`, starting with a letter, at most 64 characters.
 pub fn valid_handler_name(name: &str) -> bool {
@@ -463,7 +398,7 @@ mod tests {
             .join("\n");
         let a = Config::parse(compose, Path::new("deploy/sluice.toml")).unwrap();
         let b = Config::parse(&embedded, Path::new("configmap.yaml")).unwrap();
-        assert_eq!(a.broker.kind, BrokerKind::Kafka);
+        assert_eq!(a.broker.kind(), "kafka");
         assert!(a.store.url.starts_with("postgres://"));
         assert_eq!(a.handlers.len(), 2);
         assert_eq!(a.handlers, b.handlers);

@@ -166,6 +166,16 @@ pub fn valid_header_name(name: &str) -> bool {
         })
 }
 
+/// Is `name` usable as a topic name? Letters, digits, `.`, `_` and `-`, at
+/// most 200 characters (as Kafka allows, so names carry over).
+pub fn valid_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,7 +42,7 @@
 
 pub mod admin;
 pub mod bench;
-pub mod broker;
+pub mod backbone;
 pub mod config;
 pub mod event;
 pub mod harness;

@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sluice::broker::Publisher;
-use sluice::broker::cloudevents::{self, Position, Record};
-use sluice::broker::kafka::{KafkaPublisher, client_config, record_of};
-use sluice::config::BrokerConfig;
+use sluice::backbone::Publisher;
+use sluice::backbone::cloudevents::{self, Position, Record};
+use sluice::backbone::kafka::{KafkaConfig, KafkaPublisher, client_config, record_of};
 use sluice::event::Event;
 
 fn event(i: usize) -> Event {
@@ -34,7 +33,7 @@ fn event(i: usize) -> Event {
     }
 }
 
-async fn create_topic(config: &BrokerConfig, topic: &str, partitions: i32) {
+async fn create_topic(config: &KafkaConfig, topic: &str, partitions: i32) {
     let admin: AdminClient<_> = client_config(config).create().unwrap();
     let results = admin
         .create_topics(
@@ -49,7 +48,7 @@ async fn create_topic(config: &BrokerConfig, topic: &str, partitions: i32) {
 }
 
 /// Reads `count` records of `topic` from the beginning.
-async fn consume(config: &BrokerConfig, topic: &str, count: usize) -> Vec<(Record, Position)> {
+async fn consume(config: &KafkaConfig, topic: &str, count: usize) -> Vec<(Record, Position)> {
     let consumer: StreamConsumer = client_config(config)
         .set("group.id", format!("test-{}", uuid::Uuid::now_v7()))
         .set("auto.offset.reset", "earliest")
@@ -74,9 +73,9 @@ async fn published_events_come_back_equal_and_in_key_order() {
     let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
         return;
     };
-    let config = BrokerConfig {
+    let config = KafkaConfig {
         brokers,
-        ..BrokerConfig::default()
+        ..KafkaConfig::default()
     };
     let topic = format!("sluice-test-{}", uuid::Uuid::now_v7());
     create_topic(&config, &topic, 3).await;
@@ -123,9 +122,9 @@ async fn a_record_without_cloudevents_headers_is_consumed_with_fallbacks() {
     let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
         return;
     };
-    let config = BrokerConfig {
+    let config = KafkaConfig {
         brokers,
-        ..BrokerConfig::default()
+        ..KafkaConfig::default()
     };
     let topic = format!("sluice-test-{}", uuid::Uuid::now_v7());
     create_topic(&config, &topic, 1).await;
@@ -162,9 +161,9 @@ async fn relay_publishes_each_outbox_row_once(store_url: String, brokers: String
     let store = sluice::store::open(&store_url, &StoreOptions::default())
         .await
         .unwrap();
-    let config = BrokerConfig {
+    let config = KafkaConfig {
         brokers,
-        ..BrokerConfig::default()
+        ..KafkaConfig::default()
     };
     let topic = format!("sluice-test-{}", uuid::Uuid::now_v7());
     create_topic(&config, &topic, 2).await;
@@ -252,7 +251,7 @@ async fn relay_publishes_each_outbox_row_once(store_url: String, brokers: String
 }
 
 /// Counts the records of `topic` (reads until 2 s pass without one).
-async fn consume_all(config: &BrokerConfig, topic: &str) -> usize {
+async fn consume_all(config: &KafkaConfig, topic: &str) -> usize {
     let consumer: StreamConsumer = client_config(config)
         .set("group.id", format!("count-{}", uuid::Uuid::now_v7()))
         .set("auto.offset.reset", "earliest")
@@ -312,14 +311,14 @@ async fn an_application_outbox_row_wakes_the_relay() {
     };
     let mut config = sluice::config::Config::default();
     config.store.url = url.clone();
-    config.broker = BrokerConfig {
-        kind: sluice::config::BrokerKind::Kafka,
+    let kafka = KafkaConfig {
         brokers,
-        ..BrokerConfig::default()
+        ..KafkaConfig::default()
     };
+    config.broker = sluice::backbone::BackboneConfig::Kafka(kafka.clone());
     config.pipeline.poll_interval_ms = 60_000;
     let topic = format!("app-{}", uuid::Uuid::now_v7().simple());
-    create_topic(&config.broker, &topic, 1).await;
+    create_topic(&kafka, &topic, 1).await;
     let store = sluice::store::open(&url, &Default::default())
         .await
         .unwrap();
@@ -354,7 +353,7 @@ async fn an_application_outbox_row_wakes_the_relay() {
     .execute(&mut conn)
     .await
     .unwrap();
-    let got = consume(&config.broker, &topic, 1).await;
+    let got = consume(&kafka, &topic, 1).await;
     let took = inserted.elapsed();
     eprintln!("application outbox row on Kafka after {took:?}");
     assert_eq!(cloudevents::decode(got[0].0.clone(), got[0].1).id, event.id);

@@ -17,8 +17,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, OwnedMessage};
 use serde_json::json;
-use sluice::broker::kafka::client_config;
-use sluice::config::{BrokerConfig, BrokerKind, Config, HandlerConfig, RetryPolicy};
+use sluice::backbone::BackboneConfig;
+use sluice::backbone::kafka::{KafkaConfig, client_config};
+use sluice::config::{Config, HandlerConfig, RetryPolicy};
 use sluice::event::Event;
 use sluice::pipeline::{Pipeline, Signals};
 use sluice::runtime::{Runtime, RuntimeConfig};
@@ -44,7 +45,7 @@ fn handler(name: &str, topics: &[&str], types: &[&str]) -> HandlerConfig {
     }
 }
 
-async fn ensure_topics(broker: &BrokerConfig, topics: &[&str]) {
+async fn ensure_topics(broker: &KafkaConfig, topics: &[&str]) {
     let admin: AdminClient<_> = client_config(broker).create().unwrap();
     let new: Vec<NewTopic> = topics
         .iter()
@@ -57,7 +58,7 @@ async fn ensure_topics(broker: &BrokerConfig, topics: &[&str]) {
 /// The first `count` records of `topic` that `keep` keeps, read from the
 /// beginning.
 async fn read_topic(
-    broker: &BrokerConfig,
+    broker: &KafkaConfig,
     topic: &str,
     count: usize,
     keep: impl Fn(&OwnedMessage) -> bool,
@@ -101,7 +102,7 @@ fn header(m: &OwnedMessage, name: &str) -> Option<String> {
 
 /// Output events of this run (keys with `prefix`), as key -> numbers, read
 /// from the beginning of `out` until `count` arrived.
-async fn read_out(broker: &BrokerConfig, prefix: &str, count: usize) -> BTreeMap<String, Vec<u64>> {
+async fn read_out(broker: &KafkaConfig, prefix: &str, count: usize) -> BTreeMap<String, Vec<u64>> {
     let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for m in read_topic(broker, "out", count, |m| key_of(m).starts_with(prefix)).await {
         let n = serde_json::from_slice::<serde_json::Value>(m.payload().unwrap_or_default())
@@ -126,17 +127,16 @@ async fn state_list(store: &Arc<dyn Store>, handler: &str, key: &str, list: &str
 async fn chain_through_kafka(store_url: String, brokers: String) {
     let run = uuid::Uuid::now_v7().simple().to_string();
     let input = format!("in-{run}");
-    let broker = BrokerConfig {
-        kind: BrokerKind::Kafka,
+    let broker = KafkaConfig {
         brokers,
         group_prefix: format!("test-{run}"),
         dead_letter_topic: format!("dlq-{run}"),
-        ..BrokerConfig::default()
+        ..KafkaConfig::default()
     };
     ensure_topics(&broker, &[&input, "mid", "out"]).await;
     let mut config = Config::default();
     config.store.url = store_url;
-    config.broker = broker.clone();
+    config.broker = BackboneConfig::Kafka(broker.clone());
     config.pipeline.poll_interval_ms = 100;
     config.handlers = vec![
         handler("first", &[&input], &["step.a", "poison"]),

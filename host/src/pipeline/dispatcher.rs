@@ -21,11 +21,14 @@
 //!   in flight per handler, and what completes meanwhile forms the next
 //!   batch. The handler's position on a topic advances to just before the
 //!   oldest event that is not committed yet, in the same transaction.
-//! * **Kafka.** With a Kafka broker each assigned partition has a cursor,
-//!   started from the position its claim read in the store; outcomes carry
-//!   the claim's epoch, so those of a partition another instance claimed
-//!   since are fenced at commit. A revoked partition's queued work is
-//!   abandoned to its new owner.
+//! * **Streams.** The backbone's [`Source`] is the one read path: it
+//!   assigns streams (a whole topic, or a partition that host instances
+//!   share), each of which gets a cursor started from the position the
+//!   store holds, then delivers their records. Outcomes of a partition carry
+//!   its claim's epoch, so those of a partition another instance claimed
+//!   since are fenced at commit. A revoked stream's queued work is
+//!   abandoned to its new owner. Positions go to the store with the
+//!   outcomes, then to the source (`Source::committed`).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -35,12 +38,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Committer, HandlerStats, Signals};
-use crate::broker::{cloudevents, kafka};
-use crate::config::{BrokerConfig, DeadLetterMode, HandlerConfig, PipelineConfig, StartFrom};
+use crate::backbone::{Assignment, Input, Source, StreamId};
+use crate::config::{DeadLetterMode, HandlerConfig, PipelineConfig};
 use crate::runtime::{Handler, Invocation, Outcome, StateMap};
 use crate::store::{
     self, AttemptRecord, Batch, CommitReport, DeadLetter, DlqAction, LogRecord, ParkedEvent,
@@ -146,9 +149,8 @@ enum Phase {
 
 struct TopicCursor {
     name: String,
-    /// The partition of an external broker's topic this cursor reads;
-    /// `None` for a topic of the embedded log (positions are log sequence
-    /// numbers, offsets otherwise).
+    /// The partition this cursor reads, for a stream that host instances
+    /// share under claims; `None` for a whole topic (see [`StreamId`]).
     partition: Option<i32>,
     /// Highest sequence number read.
     fetched: i64,
@@ -156,15 +158,15 @@ struct TopicCursor {
     committed: i64,
     /// Events read and not yet committed.
     inflight: BTreeMap<i64, Phase>,
-    /// A Kafka partition given up in a rebalance: its running events still
-    /// commit their outcomes, but its position belongs to the new owner.
+    /// A stream given up (a rebalance): its running events still commit
+    /// their outcomes, but its position belongs to the new owner.
     retired: bool,
-    /// The epoch of the partition's claim (Kafka): outcomes commit only
-    /// while no other consumer claimed it since.
+    /// The epoch of the partition's claim: outcomes commit only while no
+    /// other consumer claimed it since.
     epoch: i64,
 }
 
-/// `fetched` of a Kafka cursor whose start the first record tells.
+/// `fetched` of a cursor whose start its first record tells.
 const UNSTARTED: i64 = i64::MIN;
 
 /// An invocation's result, the state it ran against and the version (the
@@ -172,8 +174,14 @@ const UNSTARTED: i64 = i64::MIN;
 type Ran = (Item, Result<(Invocation, StateMap, Arc<str>), store::Error>);
 type Running = FuturesUnordered<tokio::task::JoinHandle<Ran>>;
 
-/// Most Kafka inputs taken at once (one processed-ids look-up for them).
-const KAFKA_TAKE: usize = 512;
+/// Records taken from the source and not accepted yet.
+#[derive(Default)]
+struct Taken {
+    /// Cursor, record and processed mark, in order.
+    records: Vec<(usize, LogRecord, Option<bool>)>,
+    /// The highest position taken so far, per cursor.
+    last: HashMap<usize, i64>,
+}
 
 /// Upper bound of the state cache, in bytes of names and values.
 const STATE_CACHE_BYTES: u64 = 64 << 20;
@@ -188,7 +196,6 @@ pub struct Dispatcher {
     committer: Committer,
     signals: Signals,
     stats: Arc<HandlerStats>,
-    fetch_batch: u32,
     max_in_flight: usize,
     poll: Duration,
 
@@ -223,54 +230,20 @@ pub struct Dispatcher {
     /// speculative attempts (they run again on committed state) and
     /// actions.
     waiting: HashMap<String, Item>,
-    /// Reading from Kafka instead of the embedded log.
-    kafka: Option<KafkaInput>,
-    /// Where dead letters are also produced (the Kafka dead-letter topic).
+    /// The backbone's records and stream changes; taken by [`Dispatcher::run`].
+    source: Option<Box<dyn Source>>,
+    /// The cursor of each stream owned now.
+    streams: HashMap<StreamId, usize>,
+    /// Where dead letters are also produced (the backbone's dead-letter
+    /// topic).
     dead_letter_topic: Option<String>,
 }
 
-/// A dispatcher's Kafka side: its group member and the cursor of each
-/// partition it owns.
-struct KafkaInput {
-    subscription: Arc<kafka::Subscription>,
-    inputs: Option<mpsc::Receiver<kafka::Input>>,
-    /// The cursors of the partitions owned now.
-    cursors: HashMap<kafka::TopicPartition, usize>,
-}
-
-/// A Kafka subscription's claims, in the store, for one handler; blocks
-/// the subscription's thread on the runtime.
-struct StoreClaims {
-    runtime: tokio::runtime::Handle,
-    store: Arc<dyn Store>,
-    handler: String,
-}
-
-impl kafka::ClaimStore for StoreClaims {
-    fn claim(
-        &self,
-        topic: &str,
-        partitions: &[i32],
-        owner: &str,
-    ) -> Result<HashMap<i32, (Option<i64>, i64)>, String> {
-        self.runtime
-            .block_on(
-                self.store
-                    .claim_partitions(&self.handler, topic, partitions, owner),
-            )
-            .map_err(|e| e.to_string())
-    }
-
-    fn owners(&self) -> Result<Vec<(String, i32, String)>, String> {
-        self.runtime
-            .block_on(self.store.partition_owners(&self.handler))
-            .map_err(|e| e.to_string())
-    }
-}
-
 impl Dispatcher {
-    /// Prepares a dispatcher: reads its positions, parked keys and the
-    /// attempts of events that were being retried.
+    /// Prepares a dispatcher that reads `source`: reads its parked keys
+    /// and the attempts of events that were being retried. Dead letters are
+    /// also produced to `dead_letter_topic`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn new(
         cfg: HandlerConfig,
         handler: watch::Receiver<Handler>,
@@ -279,20 +252,9 @@ impl Dispatcher {
         signals: Signals,
         stats: Arc<HandlerStats>,
         pipeline: &PipelineConfig,
+        source: Box<dyn Source>,
+        dead_letter_topic: Option<String>,
     ) -> store::Result<Self> {
-        let topics = pin_positions(&store, &cfg)
-            .await?
-            .into_iter()
-            .map(|(name, position)| TopicCursor {
-                name,
-                partition: None,
-                fetched: position,
-                committed: position,
-                inflight: BTreeMap::new(),
-                retired: false,
-                epoch: 0,
-            })
-            .collect();
         let restored = store.pending_attempts(&cfg.name).await?;
         let parked = store.parked_keys(&cfg.name).await?;
         Ok(Self {
@@ -301,10 +263,9 @@ impl Dispatcher {
             committer,
             signals,
             stats,
-            fetch_batch: pipeline.fetch_batch.max(1),
             max_in_flight: pipeline.max_in_flight.max(1),
             poll: Duration::from_millis(pipeline.poll_interval_ms.max(10)),
-            topics,
+            topics: Vec::new(),
             keys: HashMap::new(),
             ready: VecDeque::new(),
             inflight_ids: HashSet::new(),
@@ -321,64 +282,11 @@ impl Dispatcher {
             committing_keys: HashMap::new(),
             generations: HashMap::new(),
             waiting: HashMap::new(),
-            kafka: None,
-            dead_letter_topic: None,
+            source: Some(source),
+            streams: HashMap::new(),
+            dead_letter_topic,
             cfg,
         })
-    }
-
-    /// Prepares a dispatcher that reads its topics from Kafka, as a member
-    /// of the group `{group_prefix}.{handler}`. Partition positions come
-    /// from the store as partitions are assigned. Needs to run inside a
-    /// tokio runtime, which the subscription's thread reads the store with.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn with_kafka(
-        cfg: HandlerConfig,
-        handler: watch::Receiver<Handler>,
-        store: Arc<dyn Store>,
-        committer: Committer,
-        signals: Signals,
-        stats: Arc<HandlerStats>,
-        pipeline: &PipelineConfig,
-        broker: &BrokerConfig,
-    ) -> Result<Self, String> {
-        let claims: kafka::Claims = Arc::new(StoreClaims {
-            runtime: tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?,
-            store: store.clone(),
-            handler: cfg.name.clone(),
-        });
-        let (subscription, inputs) = kafka::Subscription::start(
-            broker,
-            &cfg.name,
-            &cfg.topics,
-            cfg.start_from == StartFrom::Earliest,
-            claims,
-            pipeline.max_in_flight.clamp(1, 4096),
-        )
-        .map_err(|e| e.to_string())?;
-        let mut me = Self::new(
-            HandlerConfig {
-                topics: Vec::new(),
-                ..cfg.clone()
-            },
-            handler,
-            store,
-            committer,
-            signals,
-            stats,
-            pipeline,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        me.cfg = cfg;
-        me.dead_letter_topic =
-            Some(broker.dead_letter_topic.clone()).filter(|topic| !topic.is_empty());
-        me.kafka = Some(KafkaInput {
-            subscription: Arc::new(subscription),
-            inputs: Some(inputs),
-            cursors: HashMap::new(),
-        });
-        Ok(me)
     }
 
     fn in_flight(&self) -> usize {
@@ -388,7 +296,6 @@ impl Dispatcher {
     /// Runs until `shutdown` turns true, then lets running invocations
     /// finish and commit.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut log_rx = self.signals.log.subscribe();
         let actions = self.signals.actions.clone();
         let mut running: Running = FuturesUnordered::new();
         let mut commit: Option<tokio::task::JoinHandle<Option<CommitReport>>> = None;
@@ -400,10 +307,10 @@ impl Dispatcher {
         let mut stopping = false;
         let mut poll = tokio::time::interval(self.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let subscription = self.kafka.as_ref().map(|k| k.subscription.clone());
-        let mut inputs = self.kafka.as_mut().and_then(|k| k.inputs.take());
-        // Kafka offsets to commit once the store commit in flight is done.
-        let mut committing_offsets: Vec<(String, i32, i64)> = Vec::new();
+        let mut source = self.source.take();
+        // Positions to acknowledge to the source once the store commit in
+        // flight is done.
+        let mut committing_positions: Vec<(StreamId, i64)> = Vec::new();
 
         loop {
             if !stopping {
@@ -414,8 +321,14 @@ impl Dispatcher {
                     need_actions = false;
                     self.take_actions().await;
                 }
-                while need_fetch && self.kafka.is_none() && self.in_flight() < self.max_in_flight {
-                    need_fetch = self.fetch().await;
+                while need_fetch && self.in_flight() < self.max_in_flight {
+                    let Some(source) = source.as_mut() else {
+                        need_fetch = false;
+                        break;
+                    };
+                    let next = source.next(self.max_in_flight - self.in_flight()).await;
+                    need_fetch = next.more;
+                    self.take_inputs(next.inputs).await;
                 }
                 self.start_due_retries();
                 while running.len() < self.cfg.concurrency {
@@ -434,11 +347,7 @@ impl Dispatcher {
                 let batch = self.take_batch(&committing);
                 self.release_committing(&mut committing);
                 commit_parks = !batch.parked.is_empty();
-                committing_offsets = batch
-                    .broker_positions
-                    .iter()
-                    .map(|(_, topic, partition, done)| (topic.clone(), *partition, done + 1))
-                    .collect();
+                committing_positions = positions_of(&batch);
                 let committer = self.committer.clone();
                 commit = Some(tokio::spawn(async move { committer.commit(batch).await }));
             }
@@ -466,24 +375,26 @@ impl Dispatcher {
                         Ok(Some(mut report)) => {
                             let fenced_partitions = std::mem::take(&mut report.fenced_partitions);
                             self.committed(std::mem::take(&mut committing), report);
-                            // After the store: Kafka's offsets never run
-                            // ahead of the positions the store holds.
-                            let mut offsets = std::mem::take(&mut committing_offsets);
-                            offsets.retain(|(topic, partition, _)| {
-                                !fenced_partitions.contains(&(self.cfg.name.clone(), topic.clone(), *partition))
+                            // After the store: what the backbone is told never
+                            // runs ahead of the positions the store holds.
+                            let mut done = std::mem::take(&mut committing_positions);
+                            done.retain(|(stream, _)| {
+                                !stream.partition.is_some_and(|partition| {
+                                    fenced_partitions.contains(&(self.cfg.name.clone(), stream.topic.clone(), partition))
+                                })
                             });
-                            if let Some(sub) = &subscription
-                                && let Err(error) = sub.commit(&offsets)
+                            if let Some(source) = source.as_mut()
+                                && let Err(error) = source.committed(&done)
                             {
-                                tracing::warn!(handler = %self.cfg.name, "committing offsets to kafka failed (the store has them): {error}");
+                                tracing::warn!(handler = %self.cfg.name, "acknowledging positions to the backbone failed (the store has them): {error}");
                             }
                         }
                         // The committer is gone: the host is stopping.
                         Ok(None) | Err(_) => return,
                     }
                 }
-                changed = log_rx.changed(), if !stopping => {
-                    if changed.is_ok() { need_fetch = true; }
+                _ = source_ready(source.as_mut()), if !need_fetch && !stopping && self.in_flight() < self.max_in_flight => {
+                    need_fetch = true;
                 }
                 _ = sleep_until(next_timer), if next_timer.is_some() && !stopping => {}
                 _ = poll.tick(), if !stopping => {
@@ -492,61 +403,8 @@ impl Dispatcher {
                 }
                 _ = actions.notified(), if !stopping => need_actions = true,
                 _ = shutdown.changed(), if !stopping => stopping = true,
-                Some(input) = recv_input(inputs.as_mut()), if inputs.is_some() && !stopping && self.in_flight() < self.max_in_flight => {
-                    // What else is there already, within the window.
-                    let room = self.max_in_flight.saturating_sub(self.in_flight()).min(KAFKA_TAKE);
-                    let mut taken = vec![input];
-                    while taken.len() < room {
-                        match inputs.as_mut().map(|i| i.try_recv()) {
-                            Some(Ok(input)) => taken.push(input),
-                            _ => break,
-                        }
-                    }
-                    self.take_inputs(taken).await;
-                }
             }
         }
-    }
-
-    /// Reads the next events of every topic; `true` when a read was full
-    /// (there is likely more).
-    async fn fetch(&mut self) -> bool {
-        let mut more = false;
-        for t in 0..self.topics.len() {
-            let room = self.max_in_flight.saturating_sub(self.in_flight());
-            if room == 0 {
-                return false;
-            }
-            let limit = self
-                .fetch_batch
-                .min(u32::try_from(room).unwrap_or(u32::MAX));
-            let cursor = &self.topics[t];
-            let records = match self
-                .store
-                .read_log_for(&self.cfg.name, &cursor.name, cursor.fetched, limit)
-                .await
-            {
-                Ok(records) => records,
-                Err(error) => {
-                    tracing::error!(handler = %self.cfg.name, topic = %cursor.name, "reading the log failed: {error}");
-                    return false;
-                }
-            };
-            if records.len() as u32 >= limit {
-                more = true;
-            }
-            let processed: HashSet<String> = records
-                .iter()
-                .filter(|(_, done)| *done)
-                .map(|(r, _)| r.event.id.clone())
-                .collect();
-            self.prefetch_states(records.iter().map(|(r, _)| r), &processed)
-                .await;
-            for (record, duplicate) in records {
-                self.accept(t, record, duplicate);
-            }
-        }
-        more
     }
 
     /// Loads into the state cache, in one query, the state of every key of
@@ -609,14 +467,14 @@ impl Dispatcher {
             self.skip(Origin::Log(t), seq);
             return;
         }
-        // A copy of an event in flight here is skipped on the embedded log,
-        // where the original's cursor holds the position back. A Kafka
-        // partition read again after a rebalance has a new cursor that
-        // knows nothing of the original: the copy queues behind it (same
-        // key) and commits as a duplicate, so the position cannot pass an
-        // event whose outcome is not durable yet.
-        let embedded = self.topics[t].partition.is_none();
-        if processed || (embedded && self.inflight_ids.contains(&event.id)) {
+        // A copy of an event in flight here is skipped on a whole topic,
+        // where the original's cursor holds the position back. A partition
+        // read again after a rebalance has a new cursor that knows nothing
+        // of the original: the copy queues behind it (same key) and commits
+        // as a duplicate, so the position cannot pass an event whose
+        // outcome is not durable yet.
+        let whole_topic = self.topics[t].partition.is_none();
+        if processed || (whole_topic && self.inflight_ids.contains(&event.id)) {
             tracing::debug!(handler = %self.cfg.name, event = %event.id, "duplicate skipped");
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             self.skip(Origin::Log(t), seq);
@@ -634,108 +492,115 @@ impl Dispatcher {
         self.submit(Item::new(record, attempt, failures, Origin::Log(t)));
     }
 
-    /// Takes records from Kafka, read from partitions owned here (the
-    /// subscription delivers an assignment before its records), with one
-    /// look-up of the processed ids for all of them.
-    async fn accept_kafka(&mut self, records: Vec<(cloudevents::Record, cloudevents::Position)>) {
-        let mut taken: Vec<(usize, LogRecord)> = Vec::with_capacity(records.len());
-        // The highest offset taken so far, per cursor.
-        let mut last: HashMap<usize, i64> = HashMap::new();
-        for (record, at) in records {
-            let tp = (record.topic.clone(), at.partition);
-            let Some(t) = self
-                .kafka
-                .as_ref()
-                .and_then(|k| k.cursors.get(&tp).copied())
-            else {
-                tracing::debug!(handler = %self.cfg.name, topic = %tp.0, partition = tp.1, "record of a partition not owned here dropped");
-                continue;
-            };
-            let cursor = &mut self.topics[t];
+    /// Takes what the source delivered, in order: the records of runs of
+    /// [`Input::Records`] together (one look-up of the processed ids that
+    /// the source did not tell), then each change of the streams owned.
+    async fn take_inputs(&mut self, inputs: Vec<Input>) {
+        let mut taken = Taken::default();
+        for input in inputs {
+            match input {
+                Input::Records { stream, records } => self.collect(&mut taken, &stream, records),
+                Input::Assigned(list) => {
+                    self.accept_records(std::mem::take(&mut taken)).await;
+                    self.assigned(list);
+                }
+                Input::Revoked(list) => {
+                    self.accept_records(std::mem::take(&mut taken)).await;
+                    self.revoked(&list);
+                }
+            }
+        }
+        self.accept_records(taken).await;
+    }
+
+    /// Adds the records of `stream` to `taken`: those of a stream owned
+    /// here, past the cursor's position. A stream assigned without a
+    /// position starts at its first record.
+    fn collect(
+        &mut self,
+        taken: &mut Taken,
+        stream: &StreamId,
+        records: Vec<(LogRecord, Option<bool>)>,
+    ) {
+        let Some(&t) = self.streams.get(stream) else {
+            tracing::debug!(handler = %self.cfg.name, topic = %stream.topic, partition = ?stream.partition, "records of a stream not owned here dropped");
+            return;
+        };
+        let cursor = &mut self.topics[t];
+        for (record, processed) in records {
             if cursor.fetched == UNSTARTED {
-                // Nothing done on this partition yet: it starts here.
-                cursor.fetched = at.offset - 1;
-                cursor.committed = at.offset - 1;
+                // Nothing done on this stream yet: it starts here.
+                cursor.fetched = record.seq - 1;
+                cursor.committed = record.seq - 1;
             }
-            let last = last.entry(t).or_insert(cursor.fetched);
-            if at.offset <= *last {
+            let last = taken.last.entry(t).or_insert(cursor.fetched);
+            if record.seq <= *last {
                 continue;
             }
-            if at.offset > *last + 1 {
-                tracing::warn!(handler = %self.cfg.name, topic = %tp.0, partition = tp.1, offset = at.offset, after = *last, epoch = cursor.epoch, "gap in offsets");
+            // A partition's positions are offsets, one after the other.
+            if cursor.partition.is_some() && record.seq > *last + 1 {
+                tracing::warn!(handler = %self.cfg.name, topic = %stream.topic, partition = ?stream.partition, offset = record.seq, after = *last, epoch = cursor.epoch, "gap in offsets");
             }
-            *last = at.offset;
-            let event = cloudevents::decode(record, at);
-            taken.push((
-                t,
-                LogRecord {
-                    seq: at.offset,
-                    partition: u32::try_from(at.partition).unwrap_or_default(),
-                    offset: at.offset,
-                    appended_at: at.timestamp_ms.unwrap_or_else(now_ms),
-                    event,
-                },
-            ));
+            *last = record.seq;
+            taken.records.push((t, record, processed));
+        }
+    }
+
+    /// Accepts records collected by [`Dispatcher::collect`], with one
+    /// look-up of the processed ids the source did not know and one read
+    /// ahead of their keys' states.
+    async fn accept_records(&mut self, taken: Taken) {
+        if taken.records.is_empty() {
+            return;
         }
         let ids: Vec<String> = taken
+            .records
             .iter()
-            .filter(|(_, r)| self.cfg.accepts(&r.event.ty))
-            .map(|(_, r)| r.event.id.clone())
+            .filter(|(_, r, processed)| processed.is_none() && self.cfg.accepts(&r.event.ty))
+            .map(|(_, r, _)| r.event.id.clone())
             .collect();
-        let processed = if ids.is_empty() {
-            Default::default()
+        let mut processed = if ids.is_empty() {
+            HashSet::new()
         } else {
             match self.store.processed_ids(&self.cfg.name, &ids).await {
                 Ok(p) => p,
                 Err(error) => {
                     // Run them: the commit finds duplicates by their ids anyway.
                     tracing::warn!(handler = %self.cfg.name, "reading processed ids failed: {error}");
-                    Default::default()
+                    HashSet::new()
                 }
             }
         };
-        self.prefetch_states(taken.iter().map(|(_, r)| r), &processed)
+        processed.extend(
+            taken
+                .records
+                .iter()
+                .filter(|(_, _, p)| *p == Some(true))
+                .map(|(_, r, _)| r.event.id.clone()),
+        );
+        self.prefetch_states(taken.records.iter().map(|(_, r, _)| r), &processed)
             .await;
-        for (t, record) in taken {
+        for (t, record, _) in taken.records {
             let duplicate = processed.contains(&record.event.id);
             self.accept(t, record, duplicate);
         }
     }
 
-    /// Takes what the subscription delivered, in order: runs of records
-    /// together, then each change of the partitions owned.
-    async fn take_inputs(&mut self, inputs: Vec<kafka::Input>) {
-        let mut records = Vec::new();
-        for input in inputs {
-            match input {
-                kafka::Input::Record(record, at) => records.push((record, at)),
-                change => {
-                    if !records.is_empty() {
-                        self.accept_kafka(std::mem::take(&mut records)).await;
-                    }
-                    match change {
-                        kafka::Input::Assigned(list) => self.assigned(list),
-                        kafka::Input::Revoked(list) => self.revoked(&list),
-                        kafka::Input::Record(..) => {}
-                    }
-                }
-            }
-        }
-        if !records.is_empty() {
-            self.accept_kafka(records).await;
-        }
-    }
-
-    /// Partitions are now ours: a cursor each, starting after the position
-    /// the store held (the subscription starts the consumer there). A
-    /// retired cursor with nothing in flight is reused.
-    fn assigned(&mut self, list: Vec<kafka::Assigned>) {
+    /// Streams are now ours: a cursor each, starting after the position
+    /// the store held (the source starts there too). A retired cursor with
+    /// nothing in flight is reused.
+    fn assigned(&mut self, list: Vec<Assignment>) {
         self.forget_states();
-        for ((topic, partition), stored, epoch) in list {
-            let position = stored.unwrap_or(UNSTARTED);
+        for Assignment {
+            stream,
+            position,
+            epoch,
+        } in list
+        {
+            let position = position.unwrap_or(UNSTARTED);
             let cursor = TopicCursor {
-                name: topic.clone(),
-                partition: Some(partition),
+                name: stream.topic.clone(),
+                partition: stream.partition,
                 fetched: position,
                 committed: position,
                 inflight: BTreeMap::new(),
@@ -756,35 +621,38 @@ impl Dispatcher {
                     self.topics.len() - 1
                 }
             };
-            if let Some(kafka) = self.kafka.as_mut()
-                && let Some(old) = kafka.cursors.insert((topic, partition), t)
-            {
+            if let Some(old) = self.streams.insert(stream, t) {
                 self.topics[old].retired = true;
             }
         }
-        let owned = self.kafka.as_ref().map_or(0, |k| k.cursors.len());
-        self.stats.partitions.store(owned as u64, Ordering::Relaxed);
+        self.count_partitions();
     }
 
-    /// Partitions are no longer ours: their cursors retire, and their
-    /// queued work is abandoned to the new owner. Running invocations
-    /// finish and commit; one the new owner runs too commits once (the
-    /// processed record decides).
-    fn revoked(&mut self, list: &[kafka::TopicPartition]) {
+    /// Streams are no longer ours: their cursors retire, and their queued
+    /// work is abandoned to the new owner. Running invocations finish and
+    /// commit; one the new owner runs too commits once (the processed
+    /// record decides).
+    fn revoked(&mut self, list: &[StreamId]) {
         self.forget_states();
-        let Some(kafka) = self.kafka.as_mut() else {
-            return;
-        };
         let retired: HashSet<usize> = list
             .iter()
-            .filter_map(|tp| kafka.cursors.remove(tp))
+            .filter_map(|stream| self.streams.remove(stream))
             .collect();
         for t in &retired {
             self.topics[*t].retired = true;
         }
-        let owned = self.kafka.as_ref().map_or(0, |k| k.cursors.len());
-        self.stats.partitions.store(owned as u64, Ordering::Relaxed);
+        self.count_partitions();
         self.abandon(&retired);
+    }
+
+    /// Publishes how many partitions (shared streams) this instance owns.
+    fn count_partitions(&self) {
+        let owned = self
+            .streams
+            .keys()
+            .filter(|s| s.partition.is_some())
+            .count();
+        self.stats.partitions.store(owned as u64, Ordering::Relaxed);
     }
 
     /// Drops the items of cursors `retired` (partitions given up) that have
@@ -922,7 +790,7 @@ impl Dispatcher {
         }
         // Actions' clean-up rows are not undone. And speculation needs the
         // state the committing outcome wrote: once the cache lost it
-        // (emptied on a Kafka rebalance, or full), the store's copy is
+        // (emptied on a rebalance, or full), the store's copy is
         // older, so the item waits for the commit instead.
         if matches!(item.origin, Origin::Action { .. }) || !self.state_cache.contains_key(key) {
             self.waiting.insert(key.clone(), item);
@@ -940,7 +808,7 @@ impl Dispatcher {
     /// per batch. Commits are sequential, so a crash loses the later
     /// outcomes with the earlier; should an outcome not apply (a duplicate
     /// by now), the work built on it is undone and runs again
-    /// ([`Dispatcher::undo_speculation`]). On Kafka an outcome may also be
+    /// ([`Dispatcher::undo_speculation`]). On a shared partition an outcome may also be
     /// fenced (its partition claimed by another instance since): the
     /// key's later outcomes share its partition and claim, so they are
     /// fenced too, and undone the same way.
@@ -1028,7 +896,7 @@ impl Dispatcher {
         })
     }
 
-    /// With Kafka, another instance may have owned a key's partition and
+    /// On shared partitions, another instance may have owned a key's partition and
     /// written its state: the cache holds only what was written while this
     /// instance owned the partitions it has now, so any change of them
     /// empties it. (Outcomes of an instance that has not yet learned it
@@ -1264,7 +1132,7 @@ impl Dispatcher {
     }
 
     /// Moves the batch out, with the positions it makes durable and the
-    /// claims its Kafka outcomes (`done`) and positions were read under.
+    /// claims its partitions' outcomes (`done`) and positions were read under.
     fn take_batch(&mut self, done: &[Done]) -> Batch {
         let mut batch = std::mem::take(&mut self.batch);
         let mut claims: BTreeMap<usize, store::Claim> = BTreeMap::new();
@@ -1522,62 +1390,34 @@ impl Dispatcher {
     }
 }
 
-/// The position of `cfg` on each of its topics, in order. A topic without
-/// a stored position gets one now, from `start_from`, so that `latest`
-/// means the moment the subscription was made, not every restart.
-pub async fn pin_positions(
-    store: &Arc<dyn Store>,
-    cfg: &HandlerConfig,
-) -> store::Result<Vec<(String, i64)>> {
-    let mut positions = Vec::new();
-    let mut pinned = Vec::new();
-    let mut last_seqs: Option<HashMap<String, i64>> = None;
-    for name in &cfg.topics {
-        let position = match store.position(&cfg.name, name).await? {
-            Some(p) => p,
-            None => {
-                let p = match cfg.start_from {
-                    StartFrom::Earliest => 0,
-                    StartFrom::Latest => {
-                        if last_seqs.is_none() {
-                            last_seqs = Some(
-                                store
-                                    .topics()
-                                    .await?
-                                    .into_iter()
-                                    .map(|t| (t.name, t.last_seq))
-                                    .collect(),
-                            );
-                        }
-                        last_seqs
-                            .as_ref()
-                            .and_then(|l| l.get(name).copied())
-                            .unwrap_or(0)
-                    }
-                };
-                pinned.push((cfg.name.clone(), name.clone(), p));
-                p
-            }
-        };
-        positions.push((name.clone(), position));
-    }
-    if !pinned.is_empty() {
-        store
-            .commit(&Batch {
-                positions: pinned,
-                ..Default::default()
-            })
-            .await?;
-    }
-    Ok(positions)
-}
-
-/// The next input of the Kafka subscription, or never without one.
-async fn recv_input(inputs: Option<&mut mpsc::Receiver<kafka::Input>>) -> Option<kafka::Input> {
-    match inputs {
-        Some(r) => r.recv().await,
+/// Waits until `source` may have something, or never without one.
+async fn source_ready(source: Option<&mut Box<dyn Source>>) {
+    match source {
+        Some(source) => source.ready().await,
         None => std::future::pending().await,
     }
+}
+
+/// The positions `batch` makes durable, by stream.
+fn positions_of(batch: &Batch) -> Vec<(StreamId, i64)> {
+    let whole = batch.positions.iter().map(|(_, topic, position)| {
+        let stream = StreamId {
+            topic: topic.clone(),
+            partition: None,
+        };
+        (stream, *position)
+    });
+    let partitions = batch
+        .broker_positions
+        .iter()
+        .map(|(_, topic, partition, position)| {
+            let stream = StreamId {
+                topic: topic.clone(),
+                partition: Some(*partition),
+            };
+            (stream, *position)
+        });
+    whole.chain(partitions).collect()
 }
 
 async fn join_commit(

@@ -18,25 +18,25 @@
 //!   done before its transaction commits.
 //! * [`relay`]: publishes committed outbox rows to the log, in order.
 
+mod committer;
 pub mod dispatcher;
 pub mod relay;
+mod signals;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::broker::Publisher;
-use crate::broker::kafka::KafkaPublisher;
-use crate::config::{
-    BrokerConfig, BrokerKind, Config, DeadLetterMode, HandlerConfig, PipelineConfig,
-};
+pub use committer::Committer;
+pub use signals::{Committed, HandlerStats, Histogram, LATENCY_BUCKETS, Signals, StatsSnapshot};
+
+use crate::backbone::{self, Backbone, Feature, Publisher, Subscription};
+use crate::config::{Config, DeadLetterMode, HandlerConfig, PipelineConfig, StartFrom};
 use crate::runtime::{self, Handler, LoadedComponent, Runtime};
-use crate::store::{self, Batch, CommitReport, ManagedBy, Store};
+use crate::store::{self, ManagedBy, Store};
 
 /// Errors of starting the pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +61,9 @@ pub enum Error {
     /// The pipeline is shutting down.
     #[error("the pipeline is shutting down")]
     Stopping,
-    /// The external broker failed.
+    /// The backbone failed.
     #[error(transparent)]
-    Broker(#[from] crate::broker::Error),
+    Broker(#[from] backbone::Error),
     /// The configuration asks for something this host cannot do.
     #[error("unsupported configuration: {0}")]
     Unsupported(String),
@@ -71,307 +71,6 @@ pub enum Error {
 
 /// Result of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Upper bounds of the latency histogram buckets, in seconds.
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// A fixed-bucket histogram of durations, updated without locks.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Observations at or below each bound of [`LATENCY_BUCKETS`]
-    /// (not cumulative; the exposition sums them).
-    pub buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    /// All observations.
-    pub count: AtomicU64,
-    /// Sum of all observations, in microseconds.
-    pub sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    /// Records one duration.
-    pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-}
-
-/// Counters of one handler, readable while it runs.
-#[derive(Debug, Default)]
-pub struct HandlerStats {
-    /// Failed attempts (retried or dead-lettered).
-    pub failed: AtomicU64,
-    /// Time of each invocation (instantiation plus `handle`).
-    pub latency: Histogram,
-    /// Events processed successfully.
-    pub processed: AtomicU64,
-    /// Events skipped as duplicates of processed ones.
-    pub duplicates: AtomicU64,
-    /// Events skipped by the type filter.
-    pub filtered: AtomicU64,
-    /// Failed attempts that were retried.
-    pub retries: AtomicU64,
-    /// Events sent to the dead-letter queue.
-    pub dead_lettered: AtomicU64,
-    /// Events held back behind a parked key.
-    pub parked: AtomicU64,
-    /// Events read but not yet committed.
-    pub in_flight: AtomicU64,
-    /// Highest log sequence number read.
-    pub read_seq: AtomicI64,
-    /// Kafka partitions this instance owns now.
-    pub partitions: AtomicU64,
-    /// Outcomes not applied because another instance claimed their
-    /// partition meanwhile (it runs those events).
-    pub fenced: AtomicU64,
-}
-
-/// A snapshot of [`HandlerStats`].
-#[derive(Debug, Clone, Serialize)]
-pub struct StatsSnapshot {
-    /// Events processed successfully.
-    pub processed: u64,
-    /// Failed attempts.
-    pub failed: u64,
-    /// Events skipped as duplicates.
-    pub duplicates: u64,
-    /// Kafka partitions this instance owns now.
-    pub partitions: u64,
-    /// Outcomes left to another instance that claimed their partition.
-    pub fenced: u64,
-    /// Events skipped by the type filter.
-    pub filtered: u64,
-    /// Failed attempts that were retried.
-    pub retries: u64,
-    /// Events dead-lettered.
-    pub dead_lettered: u64,
-    /// Events held back behind parked keys.
-    pub parked: u64,
-    /// Events in flight.
-    pub in_flight: u64,
-}
-
-impl HandlerStats {
-    /// Current values.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            processed: self.processed.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            duplicates: self.duplicates.load(Ordering::Relaxed),
-            partitions: self.partitions.load(Ordering::Relaxed),
-            fenced: self.fenced.load(Ordering::Relaxed),
-            filtered: self.filtered.load(Ordering::Relaxed),
-            retries: self.retries.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            parked: self.parked.load(Ordering::Relaxed),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-        }
-    }
-}
-
-struct CommitRequest {
-    batch: Batch,
-    done: oneshot::Sender<CommitReport>,
-}
-
-/// Group commit: one task owns all writes of outcomes; requests that arrive
-/// while a transaction runs are merged into the next one, so N handlers and
-/// M events cost one fsync instead of N×M.
-#[derive(Clone)]
-pub struct Committer {
-    tx: mpsc::Sender<CommitRequest>,
-}
-
-impl Committer {
-    /// Starts the committer task. Emitted events go as `emit_to_log` says
-    /// (see [`Batch::emit_to_log`]); the relay is woken after commits that
-    /// wrote outbox rows, the dispatchers after those that appended to the
-    /// log. Failed transactions are retried (with backoff) until they
-    /// commit: the pipeline stalls while the database is unreachable but
-    /// loses nothing.
-    pub fn start(
-        store: Arc<dyn Store>,
-        max_batch: usize,
-        signals: Signals,
-        emit_to_log: Option<u32>,
-    ) -> (Self, JoinHandle<()>) {
-        let (tx, mut rx) = mpsc::channel::<CommitRequest>(1024);
-        let task = tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut requests = vec![first];
-                let mut size = size_of(&requests[0].batch);
-                while size < max_batch {
-                    match rx.try_recv() {
-                        Ok(r) => {
-                            size += size_of(&r.batch);
-                            requests.push(r);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let mut merged = Batch {
-                    emit_to_log,
-                    ..Batch::default()
-                };
-                // The requests' batches are moved, not copied: every
-                // emitted event and state value would be cloned otherwise.
-                let mut waiting = Vec::with_capacity(requests.len());
-                for r in requests {
-                    waiting.push((r.done, r.batch.dead_letters.len()));
-                    merge(&mut merged, r.batch);
-                }
-                let report = commit_until_done(&*store, &merged).await;
-                if signals.commits.receiver_count() > 0 {
-                    let events = merged
-                        .processed
-                        .iter()
-                        .map(|p| (p.handler.clone(), p.event_id.clone()))
-                        .chain(
-                            merged
-                                .dead_letters
-                                .iter()
-                                .map(|d| (d.handler.clone(), d.record.event.id.clone())),
-                        )
-                        .collect();
-                    let at_ms = store::now_ms();
-                    let _ = signals.commits.send(Arc::new(Committed { at_ms, events }));
-                }
-                if report.outbox_rows > 0 {
-                    signals.relay.notify_one();
-                }
-                if let Some(seq) = report.appended_seq {
-                    signals.appended(seq);
-                }
-                let mut dlq_ids = report.dlq_ids.into_iter();
-                for (done, n) in waiting {
-                    let part = CommitReport {
-                        duplicates: report.duplicates.clone(),
-                        outbox_rows: report.outbox_rows,
-                        appended_seq: report.appended_seq,
-                        dlq_ids: dlq_ids.by_ref().take(n).collect(),
-                        fenced: report.fenced.clone(),
-                        fenced_partitions: report.fenced_partitions.clone(),
-                    };
-                    let _ = done.send(part);
-                }
-            }
-        });
-        (Self { tx }, task)
-    }
-
-    /// Commits `batch` (with whatever else is pending) and returns when it
-    /// is durable. `None` when the committer has stopped.
-    pub async fn commit(&self, batch: Batch) -> Option<CommitReport> {
-        let (done, wait) = oneshot::channel();
-        self.tx.send(CommitRequest { batch, done }).await.ok()?;
-        wait.await.ok()
-    }
-}
-
-fn size_of(b: &Batch) -> usize {
-    b.processed.len() + b.dead_letters.len() + b.failures.len() + b.parked.len() + 1
-}
-
-fn merge(into: &mut Batch, from: Batch) {
-    let Batch {
-        processed,
-        failures,
-        dead_letters,
-        parked,
-        actions_done,
-        unparked,
-        positions,
-        broker_positions,
-        claims,
-        emit_to_log: _,
-    } = from;
-    into.processed.extend(processed);
-    into.failures.extend(failures);
-    into.dead_letters.extend(dead_letters);
-    into.parked.extend(parked);
-    into.actions_done.extend(actions_done);
-    into.unparked.extend(unparked);
-    into.positions.extend(positions);
-    into.broker_positions.extend(broker_positions);
-    into.claims.extend(claims);
-}
-
-async fn commit_until_done(store: &dyn Store, batch: &Batch) -> CommitReport {
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match store.commit(batch).await {
-            Ok(report) => return report,
-            Err(error) => {
-                tracing::error!(
-                    "group commit failed, retrying in {delay:?} (nothing is lost): {error}"
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-/// Signals shared by the parts of a running pipeline.
-#[derive(Clone)]
-pub struct Signals {
-    /// The highest log sequence number appended; dispatchers wait on it.
-    pub log: watch::Sender<i64>,
-    /// Wakes the relay.
-    pub relay: Arc<Notify>,
-    /// Wakes dispatchers to look for DLQ actions (redrive, discard).
-    pub actions: Arc<Notify>,
-    /// Every group commit, once durable, for whoever subscribed (built
-    /// only while someone listens). `sluice bench` times each event's
-    /// latency to the end of its commit with it.
-    pub commits: tokio::sync::broadcast::Sender<Arc<Committed>>,
-}
-
-/// A group commit that is durable: when it finished and whose outcomes it
-/// held (events skipped as duplicates or fenced included).
-#[derive(Debug)]
-pub struct Committed {
-    /// When the transaction had committed, ms since the epoch.
-    pub at_ms: i64,
-    /// (handler, event id) of each processed or dead-lettered event.
-    pub events: Vec<(String, String)>,
-}
-
-impl Signals {
-    /// New signals.
-    pub fn new() -> Self {
-        Self {
-            log: watch::Sender::new(0),
-            relay: Arc::new(Notify::new()),
-            actions: Arc::new(Notify::new()),
-            commits: tokio::sync::broadcast::Sender::new(4096),
-        }
-    }
-
-    /// Announces that the log grew up to `seq`.
-    pub fn appended(&self, seq: i64) {
-        self.log.send_if_modified(|current| {
-            if seq > *current {
-                *current = seq;
-                true
-            } else {
-                false
-            }
-        });
-    }
-}
-
-impl Default for Signals {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// One handler known to a running pipeline.
 struct Slot {
@@ -394,9 +93,8 @@ struct Parts {
     runtime: Arc<Runtime>,
     signals: Signals,
     pipeline: PipelineConfig,
-    broker: BrokerConfig,
-    /// The producer of the external broker, if there is one.
-    publisher: Option<Arc<dyn Publisher>>,
+    /// Where events are consumed from and published to.
+    backbone: Arc<dyn Backbone>,
     /// `None` once the pipeline is shutting down.
     committer: std::sync::Mutex<Option<Committer>>,
     /// Handlers that run natively instead of their component (benchmarks).
@@ -404,6 +102,17 @@ struct Parts {
 }
 
 impl Parts {
+    /// What `config` subscribes to, as the backbone reads it.
+    fn subscription(&self, config: &HandlerConfig) -> Subscription {
+        Subscription {
+            handler: config.name.clone(),
+            topics: config.topics.clone(),
+            from_earliest: config.start_from == StartFrom::Earliest,
+            read_ahead: self.pipeline.max_in_flight.clamp(1, 4096),
+            fetch_batch: self.pipeline.fetch_batch,
+        }
+    }
+
     /// `name` bound to `component` under `limits`, or to its native
     /// implementation if it has one.
     fn bind(
@@ -462,32 +171,25 @@ impl Pipeline {
         signals: Signals,
         natives: BTreeMap<String, Arc<dyn runtime::NativeHandler>>,
     ) -> Result<Self> {
+        let backbone = backbone::open(
+            &config.broker,
+            store.clone(),
+            signals.log.clone(),
+            config.pipeline.default_partitions,
+        )?;
         for handler in &config.handlers {
-            check_broker_support(handler, &config.broker)?;
+            check_support(handler, &*backbone)?;
         }
-        let publisher: Option<Arc<dyn Publisher>> = match config.broker.kind {
-            BrokerKind::Embedded => None,
-            BrokerKind::Kafka => Some(Arc::new(KafkaPublisher::new(
-                &config.broker,
-                config.pipeline.default_partitions,
-            )?)),
-        };
-        if config.broker.kind == BrokerKind::Kafka && config.broker.create_topics {
-            let mut topics: Vec<(String, i32)> = config
-                .topics
-                .iter()
-                .map(|t| {
-                    (
-                        t.name.clone(),
-                        i32::try_from(t.partitions).unwrap_or(i32::MAX),
-                    )
-                })
-                .collect();
-            for handler in &config.handlers {
-                topics.extend(kafka_topics(handler, config));
-            }
-            ensure_topics(&config.broker, &dedup(topics)).await?;
+        let mut topics: Vec<(String, u32)> = config
+            .topics
+            .iter()
+            .map(|t| (t.name.clone(), t.partitions))
+            .collect();
+        for handler in &config.handlers {
+            topics.extend(handler_topics(handler, config));
         }
+        backbone.ensure_topics(&dedup(topics)).await?;
+        let publisher = backbone.publisher();
         for t in &config.topics {
             store.ensure_topic(&t.name, t.partitions).await?;
         }
@@ -509,8 +211,7 @@ impl Pipeline {
                 runtime,
                 signals: signals.clone(),
                 pipeline: config.pipeline.clone(),
-                broker: config.broker.clone(),
-                publisher: publisher.clone(),
+                backbone,
                 committer: std::sync::Mutex::new(Some(committer)),
                 natives,
             },
@@ -731,34 +432,29 @@ impl Pipeline {
             .bind(&config.name, component, config.limits.clone());
         let (version, version_rx) = watch::channel(bound);
         let (stop, stop_rx) = watch::channel(false);
-        let dispatcher = match self.parts.broker.kind {
-            BrokerKind::Embedded => {
-                dispatcher::Dispatcher::new(
-                    config.clone(),
-                    version_rx,
-                    self.parts.store.clone(),
-                    committer,
-                    self.parts.signals.clone(),
-                    stats,
-                    &self.parts.pipeline,
-                )
-                .await?
-            }
-            BrokerKind::Kafka => dispatcher::Dispatcher::with_kafka(
-                config.clone(),
-                version_rx,
-                self.parts.store.clone(),
-                committer,
-                self.parts.signals.clone(),
-                stats,
-                &self.parts.pipeline,
-                &self.parts.broker,
-            )
+        let backbone = &self.parts.backbone;
+        let source = backbone
+            .subscribe(self.parts.subscription(config))
             .await
             .map_err(|e| {
-                Error::Unsupported(format!("handler {}: kafka consumer: {e}", config.name))
-            })?,
-        };
+                Error::Unsupported(format!(
+                    "handler {}: {} consumer: {e}",
+                    config.name,
+                    backbone.kind()
+                ))
+            })?;
+        let dispatcher = dispatcher::Dispatcher::new(
+            config.clone(),
+            version_rx,
+            self.parts.store.clone(),
+            committer,
+            self.parts.signals.clone(),
+            stats,
+            &self.parts.pipeline,
+            source,
+            backbone.dead_letter_topic(),
+        )
+        .await?;
         Ok(Running {
             version,
             stop,
@@ -769,7 +465,7 @@ impl Pipeline {
     /// The producer of the external broker (Kafka), if events go there
     /// instead of the embedded log.
     pub fn publisher(&self) -> Option<Arc<dyn Publisher>> {
-        self.parts.publisher.clone()
+        self.parts.backbone.publisher()
     }
 
     /// The counters of `handler`, if it is known here.
@@ -866,17 +562,14 @@ impl Pipeline {
         if self.is_declared(&name) {
             return Err(Error::ManagedByConfig(name));
         }
-        check_broker_support(&config, &self.parts.broker)?;
-        if self.parts.broker.kind == BrokerKind::Kafka && self.parts.broker.create_topics {
-            let partitions =
-                i32::try_from(self.parts.pipeline.default_partitions).unwrap_or(i32::MAX);
-            let topics = config
-                .topics
-                .iter()
-                .map(|t| (t.clone(), partitions))
-                .collect();
-            ensure_topics(&self.parts.broker, &dedup(topics)).await?;
-        }
+        check_support(&config, &*self.parts.backbone)?;
+        let partitions = self.parts.pipeline.default_partitions;
+        let topics = config
+            .topics
+            .iter()
+            .map(|t| (t.clone(), partitions))
+            .collect();
+        self.parts.backbone.ensure_topics(&dedup(topics)).await?;
         let _change = self.changes.lock().await;
         let value = serde_json::to_value(&config)
             .map_err(|e| store::Error::Corrupt(format!("handler {name} config: {e}")))?;
@@ -887,7 +580,10 @@ impl Pipeline {
             .await?;
         // Pin `latest` now: the subscription starts when it is made, even
         // if its first version comes later.
-        dispatcher::pin_positions(&self.parts.store, &config).await?;
+        self.parts
+            .backbone
+            .prepare(&self.parts.subscription(&config))
+            .await?;
         let previous = self.take_running(&name);
         let component = match previous {
             Some(running) => {
@@ -1013,9 +709,9 @@ impl Pipeline {
     }
 }
 
-/// The Kafka topics a configured handler subscribes to, with the
-/// partitions to create them with.
-fn kafka_topics(handler: &HandlerConfig, config: &Config) -> Vec<(String, i32)> {
+/// The topics a configured handler subscribes to, with the partitions to
+/// create them with.
+fn handler_topics(handler: &HandlerConfig, config: &Config) -> Vec<(String, u32)> {
     handler
         .topics
         .iter()
@@ -1025,30 +721,26 @@ fn kafka_topics(handler: &HandlerConfig, config: &Config) -> Vec<(String, i32)> 
                 .iter()
                 .find(|t| &t.name == name)
                 .map_or(config.pipeline.default_partitions, |t| t.partitions);
-            (name.clone(), i32::try_from(partitions).unwrap_or(i32::MAX))
+            (name.clone(), partitions)
         })
         .collect()
 }
 
 /// One entry per topic name (the first wins).
-fn dedup(mut topics: Vec<(String, i32)>) -> Vec<(String, i32)> {
+fn dedup(mut topics: Vec<(String, u32)>) -> Vec<(String, u32)> {
     let mut seen = HashSet::new();
     topics.retain(|(name, _)| seen.insert(name.clone()));
     topics
 }
 
-/// Creates missing Kafka topics; a failure is the broker's.
-async fn ensure_topics(broker: &BrokerConfig, topics: &[(String, i32)]) -> Result<()> {
-    Ok(crate::broker::kafka::ensure_topics(broker, topics).await?)
-}
-
-/// Refuses what the broker cannot do yet: parking keys keeps held-back
-/// events as references into the embedded log.
-fn check_broker_support(handler: &HandlerConfig, broker: &BrokerConfig) -> Result<()> {
-    if broker.kind == BrokerKind::Kafka && handler.on_dead_letter == DeadLetterMode::Park {
+/// Refuses what the backbone cannot do: parking keys keeps held-back
+/// events as references into the log.
+fn check_support(handler: &HandlerConfig, backbone: &dyn Backbone) -> Result<()> {
+    if handler.on_dead_letter == DeadLetterMode::Park && !backbone.supports(Feature::ParkKeys) {
         return Err(Error::Unsupported(format!(
-            "handler {}: on_dead_letter = \"park\" needs the embedded broker for now; use \"continue\" with Kafka",
-            handler.name
+            "handler {}: on_dead_letter = \"park\" needs the embedded broker for now; use \"continue\" with {}",
+            handler.name,
+            backbone.kind()
         )));
     }
     Ok(())

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::Signals;
-use crate::broker::Publisher;
+use crate::backbone::Publisher;
 use crate::store::Store;
 
 /// The lease of the relay to an external broker.
@@ -124,7 +124,7 @@ enum RelayError {
     #[error(transparent)]
     Store(#[from] crate::store::Error),
     #[error(transparent)]
-    Broker(#[from] crate::broker::Error),
+    Broker(#[from] crate::backbone::Error),
 }
 
 /// This instance's hold on [`RELAY_LEASE`]. It is renewed in the store

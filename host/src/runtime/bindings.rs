@@ -154,7 +154,7 @@ impl outbox::Host for GuestState {
 impl CallState {
     fn emit(&mut self, ev: outbox::OutgoingEvent) -> Result<String, outbox::EmitError> {
         use outbox::EmitError::Invalid;
-        if !crate::config::valid_topic_name(&ev.topic) {
+        if !crate::event::valid_topic_name(&ev.topic) {
             return Err(Invalid(format!(
                 "topic {:?} is not valid: 1 to 200 letters, digits, '.', '_' or '-'",
                 ev.topic

@@ -1,164 +1,19 @@
-//! Kafka through rdkafka: an idempotent producer that publishes events in
-//! order and returns once the broker has acknowledged them all
-//! ([`KafkaPublisher`]), and a consumer-group member per handler whose
-//! partitions start where the store says and never skip a record
-//! ([`Subscription`]).
+//! The consumer: one group member per handler, polled on a thread of its
+//! own, whose partitions start where the store says and never skip a
+//! record.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rdkafka::Message as _;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientConfig, Message as _};
 use tokio::sync::mpsc;
 
-use super::cloudevents;
-use super::{Error, Publisher, Result};
-use crate::config::BrokerConfig;
-use crate::event::Event;
-
-/// The client configuration shared by producers and consumers: bootstrap
-/// servers, then the operator's extra properties.
-pub fn client_config(config: &BrokerConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.brokers);
-    for (name, value) in &config.properties {
-        c.set(name, value);
-    }
-    c
-}
-
-/// Publishes events to Kafka: `acks=all` and idempotence, so a retried send
-/// is neither duplicated nor reordered within a partition, and the Java
-/// client's partitioner (murmur2 of the key), so that a key lands where
-/// other Kafka clients put it.
-pub struct KafkaPublisher {
-    producer: FutureProducer,
-    config: BrokerConfig,
-    /// Partitions of topics created on first use.
-    partitions: i32,
-    /// Topics known to exist (created or checked by this producer).
-    known_topics: std::sync::Mutex<std::collections::HashSet<String>>,
-}
-
-/// Creates those of `topics` that do not exist (`partitions` each, or the
-/// count given per topic).
-pub async fn ensure_topics(config: &BrokerConfig, topics: &[(String, i32)]) -> Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::types::RDKafkaErrorCode;
-    if topics.is_empty() {
-        return Ok(());
-    }
-    let admin: AdminClient<_> = client_config(config).create()?;
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|(name, partitions)| {
-            NewTopic::new(
-                name,
-                (*partitions).max(1),
-                TopicReplication::Fixed(config.replication_factor.max(1)),
-            )
-        })
-        .collect();
-    for result in admin.create_topics(&new, &AdminOptions::new()).await? {
-        match result {
-            Ok(topic) => tracing::info!(%topic, "kafka topic created"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(Error::Kafka(rdkafka::error::KafkaError::AdminOp(code)))
-                    .inspect_err(|_| tracing::error!(%topic, "cannot create kafka topic: {code}"));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The producer's configuration: tuning defaults that `[broker.properties]`
-/// may override (the fixed values used to win over the operator's), then
-/// the guarantees of [`KafkaPublisher`], which no property may weaken.
-fn producer_config(config: &BrokerConfig) -> ClientConfig {
-    let mut client = client_config(config);
-    for (name, value) in [("linger.ms", "5"), ("message.timeout.ms", "30000")] {
-        if !config.properties.contains_key(name) {
-            client.set(name, value);
-        }
-    }
-    client
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random");
-    client
-}
-
-impl KafkaPublisher {
-    /// Creates the producer (it connects lazily); topics created on first
-    /// use get `partitions` partitions.
-    pub fn new(config: &BrokerConfig, partitions: u32) -> Result<Self> {
-        let producer = producer_config(config).create()?;
-        Ok(Self {
-            producer,
-            config: config.clone(),
-            partitions: i32::try_from(partitions).unwrap_or(i32::MAX),
-            known_topics: Default::default(),
-        })
-    }
-
-    /// Sends `events` and waits for every acknowledgement.
-    async fn send_all(&self, events: &[Event]) -> Result<()> {
-        let mut deliveries = Vec::with_capacity(events.len());
-        for event in events {
-            let record = cloudevents::encode(event);
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (name, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(value),
-                });
-            }
-            let mut to = FutureRecord::to(&record.topic)
-                .payload(&record.value)
-                .headers(headers);
-            if let Some(key) = &record.key {
-                to = to.key(key);
-            }
-            // Enqueue without waiting for the broker, so a batch costs one
-            // round trip; wait only while the local queue is full.
-            let mut to = Some(to);
-            loop {
-                let Some(next) = to.take() else { break };
-                match self.producer.send_result(next) {
-                    Ok(delivery) => deliveries.push((event.id.clone(), delivery)),
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull,
-                        ),
-                        back,
-                    )) => {
-                        self.producer.poll(Duration::from_millis(10));
-                        to = Some(back);
-                    }
-                    Err((e, _)) => return Err(e.into()),
-                }
-            }
-        }
-        for (id, delivery) in deliveries {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(e.into()),
-                Err(_) => return Err(Error::Cancelled(id)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits (bounded) until queued records are delivered.
-    pub fn flush(&self, timeout: Duration) -> Result<()> {
-        Ok(self.producer.flush(timeout)?)
-    }
-}
+use super::watchdog::{WATCH_EVERY, Watchdog};
+use super::{Claims, KafkaConfig, Result, client_config};
+use crate::backbone::cloudevents;
 
 /// A consumed message in neutral form, and where it was.
 pub fn record_of<M: rdkafka::Message>(m: &M) -> (cloudevents::Record, cloudevents::Position) {
@@ -210,30 +65,11 @@ pub enum Input {
 /// An assigned partition, its stored position and its claim's epoch.
 pub type Assigned = (TopicPartition, Option<i64>, i64);
 
-/// The store's side of a subscription: its partition claims (see
-/// [`crate::store::Store::claim_partitions`]). Called on the
-/// subscription's thread, during rebalances too, so it may block.
-pub trait ClaimStore: Send + Sync {
-    /// Claims `partitions` of `topic` for the consumer `owner` and reads
-    /// their positions: partition → (last offset done, epoch).
-    fn claim(
-        &self,
-        topic: &str,
-        partitions: &[i32],
-        owner: &str,
-    ) -> std::result::Result<HashMap<i32, (Option<i64>, i64)>, String>;
-
-    /// The latest claim of each partition: (topic, partition, owner).
-    fn owners(&self) -> std::result::Result<Vec<(String, i32, String)>, String>;
-}
-
-/// A shared [`ClaimStore`].
-pub type Claims = Arc<dyn ClaimStore>;
 
 /// Gives each assigned partition its start offset from the store, inside
 /// the rebalance itself: the consumer never starts anywhere else, whatever
 /// offsets other members committed to Kafka, and no seek races the fetch.
-struct GroupContext {
+pub(super) struct GroupContext {
     inputs: mpsc::Sender<Input>,
     claims: Claims,
     stop: Arc<AtomicBool>,
@@ -443,117 +279,6 @@ impl rdkafka::consumer::ConsumerContext for GroupContext {
     }
 }
 
-/// How often the [`Watchdog`] looks at the group.
-const WATCH_EVERY: Duration = Duration::from_secs(2);
-
-/// How long partitions stay orphaned, with the group stable, before the
-/// [`Watchdog`] acts: longer than a rebalance takes to write its claims.
-const ORPHAN_GRACE: Duration = Duration::from_secs(6);
-
-/// How long a member that left to rejoin waits before subscribing again:
-/// the leave (after the revocation) must reach the coordinator first.
-const REJOIN_AFTER: Duration = Duration::from_secs(1);
-
-/// Deals orphaned partitions again. A partition is orphaned when its
-/// latest claim belongs to a consumer that is no longer a member of the
-/// group while the group is stable. The coordinator should have rebalanced
-/// when that member left or its session expired; measured with tansu
-/// 0.6.0, it drops the member but gives every survivor its old
-/// assignment back, so the partitions stay unconsumed until another member
-/// joins. The lowest live member then leaves and rejoins as a new member,
-/// which makes any coordinator deal all partitions again. On a coordinator
-/// that rebalances, the new owners' claims end the orphaning within
-/// [`ORPHAN_GRACE`], and the watchdog does nothing.
-struct Watchdog {
-    group: String,
-    owner: String,
-    handler: String,
-    topics: Vec<String>,
-    claims: Claims,
-    next_check: Instant,
-    orphaned_since: Option<Instant>,
-    /// Left the group to rejoin at this instant.
-    rejoin_at: Option<Instant>,
-}
-
-/// Whether group member `member` is the consumer `owner` (member ids are
-/// `{client.id}-{uuid}`).
-fn is_member(member: &str, owner: &str) -> bool {
-    member
-        .strip_prefix(owner)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
-}
-
-impl Watchdog {
-    fn tick(&mut self, consumer: &BaseConsumer<GroupContext>) {
-        use rdkafka::consumer::Consumer;
-        let now = Instant::now();
-        if let Some(at) = self.rejoin_at {
-            if now >= at {
-                self.rejoin_at = None;
-                let names: Vec<&str> = self.topics.iter().map(String::as_str).collect();
-                if let Err(error) = consumer.subscribe(&names) {
-                    tracing::error!(handler = %self.handler, "kafka: subscribing again failed: {error}");
-                    self.rejoin_at = Some(now + REJOIN_AFTER);
-                }
-            }
-            return;
-        }
-        if now < self.next_check {
-            return;
-        }
-        self.next_check = now + WATCH_EVERY;
-        match self.orphaned(consumer) {
-            Ok(orphaned) if orphaned.is_empty() => self.orphaned_since = None,
-            Ok(orphaned) => {
-                let since = *self.orphaned_since.get_or_insert(now);
-                if now.duration_since(since) >= ORPHAN_GRACE {
-                    tracing::warn!(handler = %self.handler, ?orphaned, "kafka partitions owned by no group member; rejoining the group so that they are dealt again");
-                    self.orphaned_since = None;
-                    consumer.unsubscribe();
-                    self.rejoin_at = Some(now + REJOIN_AFTER);
-                }
-            }
-            Err(error) => {
-                self.orphaned_since = None;
-                tracing::debug!(handler = %self.handler, "kafka group check: {error}");
-            }
-        }
-    }
-
-    /// The orphaned partitions of the subscribed topics (see [`Watchdog`]),
-    /// if this consumer is the one to act on them: the live member whose
-    /// id sorts first.
-    fn orphaned(
-        &self,
-        consumer: &BaseConsumer<GroupContext>,
-    ) -> std::result::Result<Vec<(String, i32, String)>, String> {
-        use rdkafka::consumer::Consumer;
-        let list = consumer
-            .fetch_group_list(Some(&self.group), Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
-        let Some(group) = list.groups().iter().find(|g| g.name() == self.group) else {
-            return Ok(Vec::new());
-        };
-        if group.state() != "Stable" {
-            return Ok(Vec::new());
-        }
-        let members: Vec<&str> = group.members().iter().map(|m| m.id()).collect();
-        let first = members.iter().min();
-        if !first.is_some_and(|id| is_member(id, &self.owner)) {
-            return Ok(Vec::new());
-        }
-        let owners = self.claims.owners()?;
-        Ok(owners
-            .into_iter()
-            .filter(|(topic, _, owner)| {
-                !owner.is_empty()
-                    && self.topics.contains(topic)
-                    && !members.iter().any(|id| is_member(id, owner))
-            })
-            .collect())
-    }
-}
 
 /// A handler's consumer: one member of the group `{group_prefix}.{handler}`,
 /// which every host instance joins, so the partitions are shared among
@@ -572,7 +297,7 @@ impl Subscription {
     /// a partition without any position starts. `capacity` bounds the
     /// records read ahead.
     pub fn start(
-        config: &BrokerConfig,
+        config: &KafkaConfig,
         handler: &str,
         topics: &[String],
         from_earliest: bool,
@@ -716,59 +441,5 @@ impl Drop for Subscription {
     /// The polling thread leaves the group and ends.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-#[async_trait::async_trait]
-impl Publisher for KafkaPublisher {
-    /// Every event is acknowledged by all in-sync replicas before this
-    /// returns. Topics not seen before are created first if allowed
-    /// (a producer would otherwise wait for them until its timeout).
-    async fn publish(&self, events: &[Event]) -> Result<()> {
-        if self.config.create_topics {
-            let new: Vec<(String, i32)> = {
-                let known = self.known_topics.lock().unwrap_or_else(|e| e.into_inner());
-                let mut new: Vec<(String, i32)> = events
-                    .iter()
-                    .filter(|e| !known.contains(&e.topic))
-                    .map(|e| (e.topic.clone(), self.partitions))
-                    .collect();
-                new.sort();
-                new.dedup();
-                new
-            };
-            if !new.is_empty() {
-                ensure_topics(&self.config, &new).await?;
-                self.known_topics
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend(new.into_iter().map(|(name, _)| name));
-            }
-        }
-        self.send_all(events).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn properties_override_the_producer_tuning_but_not_its_guarantees() {
-        let mut config = BrokerConfig::default();
-        let defaults = producer_config(&config);
-        assert_eq!(defaults.get("linger.ms"), Some("5"));
-        assert_eq!(defaults.get("acks"), Some("all"));
-        for (name, value) in [
-            ("linger.ms", "0"),
-            ("acks", "1"),
-            ("enable.idempotence", "false"),
-        ] {
-            config.properties.insert(name.into(), value.into());
-        }
-        let set = producer_config(&config);
-        assert_eq!(set.get("linger.ms"), Some("0"));
-        assert_eq!(set.get("acks"), Some("all"));
-        assert_eq!(set.get("enable.idempotence"), Some("true"));
     }
 }
