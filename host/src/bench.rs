@@ -846,9 +846,9 @@ mod kafka {
         Error, HANDLER, KAFKA_PARTITIONS, Measurement, Result, Servers, WARM_UP, Workload, finish,
         naive_one, percentiles,
     };
-    use crate::backbone::{Publisher, cloudevents, kafka};
     use crate::backbone::BackboneConfig;
     use crate::backbone::kafka::KafkaConfig;
+    use crate::backbone::{Publisher, cloudevents, kafka};
     use crate::config::{Config, TopicConfig};
     use crate::event::Event;
     use crate::pipeline::Signals;

@@ -41,8 +41,8 @@
 #![deny(missing_docs)]
 
 pub mod admin;
-pub mod bench;
 pub mod backbone;
+pub mod bench;
 pub mod config;
 pub mod event;
 pub mod harness;

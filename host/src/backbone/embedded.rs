@@ -128,7 +128,9 @@ impl Source for LogSource {
             if room == 0 {
                 break;
             }
-            let limit = self.fetch_batch.min(u32::try_from(room).unwrap_or(u32::MAX));
+            let limit = self
+                .fetch_batch
+                .min(u32::try_from(room).unwrap_or(u32::MAX));
             let records = match self
                 .store
                 .read_log_for(&self.handler, topic, *after, limit)
@@ -156,7 +158,10 @@ impl Source for LogSource {
                     topic: topic.clone(),
                     partition: None,
                 },
-                records: records.into_iter().map(|(r, done)| (r, Some(done))).collect(),
+                records: records
+                    .into_iter()
+                    .map(|(r, done)| (r, Some(done)))
+                    .collect(),
             });
         }
         next

@@ -151,4 +151,3 @@ async fn commit_until_done(store: &dyn Store, batch: &Batch) -> CommitReport {
         }
     }
 }
-

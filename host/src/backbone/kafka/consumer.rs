@@ -65,7 +65,6 @@ pub enum Input {
 /// An assigned partition, its stored position and its claim's epoch.
 pub type Assigned = (TopicPartition, Option<i64>, i64);
 
-
 /// Gives each assigned partition its start offset from the store, inside
 /// the rebalance itself: the consumer never starts anywhere else, whatever
 /// offsets other members committed to Kafka, and no seek races the fetch.
@@ -278,7 +277,6 @@ impl rdkafka::consumer::ConsumerContext for GroupContext {
         }
     }
 }
-
 
 /// A handler's consumer: one member of the group `{group_prefix}.{handler}`,
 /// which every host instance joins, so the partitions are shared among

@@ -11,7 +11,6 @@ use super::{Error, KafkaConfig, Result, client_config};
 use crate::backbone::{Publisher, cloudevents};
 use crate::event::Event;
 
-
 /// Publishes events to Kafka: `acks=all` and idempotence, so a retried send
 /// is neither duplicated nor reordered within a partition, and the Java
 /// client's partitioner (murmur2 of the key), so that a key lands where
