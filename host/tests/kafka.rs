@@ -205,13 +205,15 @@ async fn relay_publishes_each_outbox_row_once(store_url: String, brokers: String
     let relays: Vec<_> = ["instance-a", "instance-b"]
         .into_iter()
         .map(|holder| {
-            tokio::spawn(relay::run_to_broker(
+            tokio::spawn(relay::run(
                 store.clone(),
-                std::sync::Arc::new(KafkaPublisher::new(&config, 3).unwrap()),
+                relay::Target::Broker {
+                    publisher: std::sync::Arc::new(KafkaPublisher::new(&config, 3).unwrap()),
+                    holder: holder.into(),
+                },
                 signals.clone(),
                 7,
                 Duration::from_millis(50),
-                holder.into(),
                 stopped.clone(),
             ))
         })

@@ -245,26 +245,24 @@ impl Pipeline {
             };
             pipeline.install(handler, component).await?;
         }
-        let relay = match publisher {
-            None => tokio::spawn(relay::run(
-                store.clone(),
-                signals.clone(),
-                config.pipeline.relay_batch,
-                config.pipeline.default_partitions,
-                Duration::from_millis(config.pipeline.poll_interval_ms),
-                shutdown_rx,
-            )),
-            Some(publisher) => tokio::spawn(relay::run_to_broker(
-                store.clone(),
+        let target = match publisher {
+            None => relay::Target::Log {
+                default_partitions: config.pipeline.default_partitions,
+            },
+            Some(publisher) => relay::Target::Broker {
                 publisher,
-                signals.clone(),
-                config.pipeline.relay_batch,
-                Duration::from_millis(config.pipeline.poll_interval_ms),
                 // This instance, for the relay lease.
-                uuid::Uuid::new_v4().to_string(),
-                shutdown_rx,
-            )),
+                holder: uuid::Uuid::new_v4().to_string(),
+            },
         };
+        let relay = tokio::spawn(relay::run(
+            store.clone(),
+            target,
+            signals.clone(),
+            config.pipeline.relay_batch,
+            Duration::from_millis(config.pipeline.poll_interval_ms),
+            shutdown_rx,
+        ));
         lock(&pipeline.tasks).push(relay);
         // Anything appended before start (or by another process) is picked
         // up by the dispatchers' first read; nudge the relay once too.

@@ -1,11 +1,12 @@
-//! The outbox relays. [`run`] serves the embedded log: it moves committed
-//! outbox rows into their topics, in outbox order (which keeps every key's
-//! order), and marks them delivered in the same transaction.
-//! [`run_to_broker`] serves an external broker (Kafka): it publishes rows in
-//! outbox order and marks them delivered only after the broker acknowledged
-//! them; one host instance at a time does it, by holding a lease in the
-//! store. Both are woken by the committer as soon as a commit wrote outbox
-//! rows, and poll as a fallback.
+//! The outbox relay, one loop for both targets. To the store's log
+//! ([`Target::Log`], the embedded backbone) it moves committed outbox rows
+//! into their topics, in outbox order (which keeps every key's order), and
+//! marks them delivered in the same transaction. To an external broker
+//! ([`Target::Broker`]) it publishes rows in outbox order and marks them
+//! delivered only after the broker acknowledged them; one host instance at
+//! a time does it, by holding a lease in the store. Either way it is woken
+//! by the committer as soon as a commit wrote outbox rows, and polls as a
+//! fallback.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,78 +20,51 @@ use crate::store::Store;
 /// The lease of the relay to an external broker.
 pub const RELAY_LEASE: &str = "outbox-relay";
 
-/// Runs until `shutdown` turns true.
-pub async fn run(
-    store: Arc<dyn Store>,
-    signals: Signals,
-    batch: u32,
-    default_partitions: u32,
-    poll: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut failures = 0u32;
-    loop {
-        match store.relay_outbox(batch, default_partitions).await {
-            Ok(appended) if !appended.is_empty() => {
-                failures = 0;
-                if let Some(last) = appended.iter().map(|a| a.seq).max() {
-                    signals.appended(last);
-                }
-                tracing::debug!(events = appended.len(), "relayed outbox rows to the log");
-                if *shutdown.borrow() {
-                    return;
-                }
-                // A full batch likely means more: go again at once.
-                if appended.len() as u32 >= batch {
-                    continue;
-                }
-            }
-            Ok(_) => failures = 0,
-            Err(error) => {
-                failures += 1;
-                let delay = Duration::from_millis(50u64 << failures.min(6));
-                tracing::error!("outbox relay failed, retrying in {delay:?}: {error}");
-                tokio::time::sleep(delay).await;
-                continue;
-            }
-        }
-        tokio::select! {
-            _ = signals.relay.notified() => {}
-            _ = tokio::time::sleep(poll) => {}
-            _ = shutdown.changed() => {}
-        }
-        if *shutdown.borrow() {
-            // One last pass so that nothing committed waits for the next start.
-            if let Ok(appended) = store.relay_outbox(batch, default_partitions).await
-                && let Some(last) = appended.iter().map(|a| a.seq).max()
-            {
-                signals.appended(last);
-            }
-            return;
-        }
-    }
+/// Where the relay moves outbox rows.
+pub enum Target {
+    /// The store's own log; topics created on first use get
+    /// `default_partitions`.
+    Log {
+        /// Partitions of topics created on first use.
+        default_partitions: u32,
+    },
+    /// An external broker, while this instance (`holder`) holds the relay
+    /// lease. Rows are marked delivered only after the broker acknowledged
+    /// them: a crash in between publishes them again, with the same ids (at
+    /// least once). Waiting instances take over when the holder stops
+    /// renewing.
+    Broker {
+        /// The broker's producer.
+        publisher: Arc<dyn Publisher>,
+        /// This instance, for the lease.
+        holder: String,
+    },
 }
 
-/// Publishes outbox rows to `publisher` while this instance (`holder`)
-/// holds the relay lease, until `shutdown` turns true. Rows are marked
-/// delivered only after the broker acknowledged them: a crash in between
-/// publishes them again, with the same ids (at least once). Waiting
-/// instances take over when the holder stops renewing (after `lease`).
-pub async fn run_to_broker(
+/// Runs until `shutdown` turns true, with one last round after it so that
+/// nothing committed waits for the next start. Failed rounds are retried
+/// with backoff.
+pub async fn run(
     store: Arc<dyn Store>,
-    publisher: Arc<dyn Publisher>,
+    target: Target,
     signals: Signals,
     batch: u32,
     poll: Duration,
-    holder: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut lease = Lease::new(&holder, (poll * 10).max(Duration::from_secs(5)));
+    let mut target = match target {
+        Target::Log { default_partitions } => Round::Log { default_partitions },
+        Target::Broker { publisher, holder } => Round::Broker {
+            publisher,
+            lease: Lease::new(&holder, (poll * 10).max(Duration::from_secs(5))),
+        },
+    };
     let mut failures = 0u32;
     loop {
-        match relay_once(&*store, &*publisher, batch, &mut lease).await {
+        match target.once(&*store, &signals, batch).await {
             Ok(moved) => {
                 failures = 0;
+                // A full batch likely means more: go again at once.
                 if moved >= batch as usize && !*shutdown.borrow() {
                     continue;
                 }
@@ -98,9 +72,7 @@ pub async fn run_to_broker(
             Err(error) => {
                 failures += 1;
                 let delay = Duration::from_millis(50u64 << failures.min(6));
-                tracing::error!(
-                    "outbox relay to the broker failed, retrying in {delay:?}: {error}"
-                );
+                tracing::error!("outbox relay {target} failed, retrying in {delay:?}: {error}");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => {}
@@ -118,7 +90,49 @@ pub async fn run_to_broker(
     }
 }
 
-/// Why a round of the relay to a broker failed.
+/// A [`Target`] with what its rounds keep.
+enum Round {
+    Log { default_partitions: u32 },
+    Broker {
+        publisher: Arc<dyn Publisher>,
+        lease: Lease,
+    },
+}
+
+impl std::fmt::Display for Round {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Log { .. } => "to the log",
+            Self::Broker { .. } => "to the broker",
+        })
+    }
+}
+
+impl Round {
+    /// One round: `Ok(n)` rows moved (0 when not the lease holder).
+    async fn once(
+        &mut self,
+        store: &dyn Store,
+        signals: &Signals,
+        batch: u32,
+    ) -> Result<usize, RelayError> {
+        match self {
+            Self::Log { default_partitions } => {
+                let appended = store.relay_outbox(batch, *default_partitions).await?;
+                if let Some(last) = appended.iter().map(|a| a.seq).max() {
+                    signals.appended(last);
+                    tracing::debug!(events = appended.len(), "relayed outbox rows to the log");
+                }
+                Ok(appended.len())
+            }
+            Self::Broker { publisher, lease } => {
+                relay_to_broker(store, &**publisher, batch, lease).await
+            }
+        }
+    }
+}
+
+/// Why a round of the relay failed.
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
     #[error(transparent)]
@@ -165,8 +179,9 @@ impl Lease {
     }
 }
 
-/// One round: `Ok(n)` rows published (0 when not the lease holder).
-async fn relay_once(
+/// One round to a broker: `Ok(n)` rows published (0 when not the lease
+/// holder).
+async fn relay_to_broker(
     store: &dyn Store,
     publisher: &dyn Publisher,
     batch: u32,
