@@ -44,8 +44,9 @@ pub enum Error {
 /// Result of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// `[broker]`: which backbone carries the events, and its own settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `[broker]`: which backbone carries the events (`kind`, `embedded` when
+/// left out), and that backbone's own settings beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum BackboneConfig {
     /// The log inside the store: nothing else to run.
@@ -57,6 +58,35 @@ pub enum BackboneConfig {
 impl Default for BackboneConfig {
     fn default() -> Self {
         Self::Embedded(Default::default())
+    }
+}
+
+impl<'de> Deserialize<'de> for BackboneConfig {
+    /// `kind` chooses the variant, and the rest of the table must be that
+    /// backbone's settings (unknown fields are errors). Written by hand
+    /// because serde's tagged enums have no default tag.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let kind = match table.remove("kind") {
+            None => "embedded".to_owned(),
+            Some(toml::Value::String(kind)) => kind,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "kind: expected a string, found {}",
+                    other.type_str()
+                )));
+            }
+        };
+        let rest = toml::Value::Table(table);
+        match kind.as_str() {
+            "embedded" => embedded::EmbeddedConfig::deserialize(rest).map(Self::Embedded),
+            "kafka" => kafka::KafkaConfig::deserialize(rest).map(Self::Kafka),
+            other => {
+                return Err(D::Error::unknown_variant(other, &["embedded", "kafka"]));
+            }
+        }
+        .map_err(|e| D::Error::custom(format!("[broker] kind = \"{kind}\": {}", e.message())))
     }
 }
 
@@ -224,4 +254,51 @@ pub trait Publisher: Send + Sync {
     /// acknowledged every one. On an error some may have been written; the
     /// caller publishes them again (same ids), which consumers deduplicate.
     async fn publish(&self, events: &[Event]) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<BackboneConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn the_kind_chooses_the_backbone_and_defaults_to_embedded() {
+        assert_eq!(parse("").unwrap(), BackboneConfig::default());
+        assert_eq!(parse("kind = \"embedded\"").unwrap().kind(), "embedded");
+        let BackboneConfig::Kafka(kafka) =
+            parse("kind = \"kafka\"\nbrokers = \"b:1\"\ncreate_topics = false").unwrap()
+        else {
+            panic!("not kafka");
+        };
+        assert_eq!(kafka.brokers, "b:1");
+        assert!(!kafka.create_topics);
+        assert_eq!(
+            kafka.group_prefix,
+            kafka::KafkaConfig::default().group_prefix
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_and_fields_are_errors_naming_them() {
+        let e = parse("kind = \"carrier-pigeon\"").unwrap_err().to_string();
+        assert!(e.contains("carrier-pigeon") && e.contains("kafka"), "{e}");
+        let e = parse("kind = \"kafka\"\nbrokerz = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("brokerz"), "{e}");
+        let e = parse("brokers = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("brokers") && e.contains("embedded"), "{e}");
+        let e = parse("kind = 3").unwrap_err().to_string();
+        assert!(e.contains("kind"), "{e}");
+    }
+
+    #[test]
+    fn the_config_round_trips_through_its_serialized_form() {
+        let config = parse("kind = \"kafka\"\nbrokers = \"b:1\"").unwrap();
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(parse(&text).unwrap(), config);
+    }
 }

@@ -92,7 +92,9 @@ pub async fn run(
 
 /// A [`Target`] with what its rounds keep.
 enum Round {
-    Log { default_partitions: u32 },
+    Log {
+        default_partitions: u32,
+    },
     Broker {
         publisher: Arc<dyn Publisher>,
         lease: Lease,
