@@ -68,7 +68,7 @@ pub type Assigned = (TopicPartition, Option<i64>, i64);
 /// Gives each assigned partition its start offset from the store, inside
 /// the rebalance itself: the consumer never starts anywhere else, whatever
 /// offsets other members committed to Kafka, and no seek races the fetch.
-pub(super) struct GroupContext {
+struct GroupContext {
     inputs: mpsc::Sender<Input>,
     claims: Claims,
     stop: Arc<AtomicBool>,

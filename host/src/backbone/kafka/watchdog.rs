@@ -3,10 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 
 use super::Claims;
-use super::consumer::GroupContext;
 
 /// How often the [`Watchdog`] looks at the group.
 pub(super) const WATCH_EVERY: Duration = Duration::from_secs(2);
@@ -50,7 +49,8 @@ fn is_member(member: &str, owner: &str) -> bool {
 }
 
 impl Watchdog {
-    pub(super) fn tick(&mut self, consumer: &BaseConsumer<GroupContext>) {
+    /// Looks at the group if it is time, and leaves or rejoins it as due.
+    pub(super) fn tick<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) {
         use rdkafka::consumer::Consumer;
         let now = Instant::now();
         if let Some(at) = self.rejoin_at {
@@ -89,9 +89,9 @@ impl Watchdog {
     /// The orphaned partitions of the subscribed topics (see [`Watchdog`]),
     /// if this consumer is the one to act on them: the live member whose
     /// id sorts first.
-    fn orphaned(
+    fn orphaned<C: ConsumerContext>(
         &self,
-        consumer: &BaseConsumer<GroupContext>,
+        consumer: &BaseConsumer<C>,
     ) -> std::result::Result<Vec<(String, i32, String)>, String> {
         use rdkafka::consumer::Consumer;
         let list = consumer
