@@ -1,5 +1,7 @@
-//! Multi-row statements built with [`QueryBuilder`], which writes each
-//! database's placeholders: for the statements whose row count varies.
+//! Multi-row `VALUES` statements built with [`QueryBuilder`], which writes
+//! each database's placeholders: for the statements whose row count
+//! varies. PostgreSQL's commit uses `UNNEST` arrays instead (one statement
+//! text whatever the row count), so some of these serve SQLite alone.
 
 use sqlx::{Database, Encode, QueryBuilder, Type};
 
@@ -8,7 +10,7 @@ use crate::event::Event;
 use crate::store::{DlqFilter, Processed, Result, to_json};
 
 /// Ends [`StoreDb::insert_processed`] to return `handler, event_id` of the
-/// rows that were new (PostgreSQL).
+/// rows that were new.
 pub(crate) const NEW_PROCESSED: &str = " RETURNING handler, event_id";
 
 /// A database the store runs on. Its provided functions build the
