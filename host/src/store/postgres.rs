@@ -8,7 +8,7 @@
 //!   follow a topic with `seq > position`, so a lower `seq` that became
 //!   visible after a higher one would be skipped for good). Identity values
 //!   are handed out before commit, so every transaction that inserts into
-//!   `events` ([`Store::append`], [`Store::relay_outbox`]) first takes one
+//!   `events` ([`Log::append`], [`Outbox::relay_outbox`]) first takes one
 //!   transaction-level advisory lock, `LOG_LOCK`. Locks are released only
 //!   after the commit is visible, so log writers commit one after the other,
 //!   in `seq` order. The same lock makes the relay publish each outbox row
@@ -32,17 +32,19 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres};
 
-use super::shared::{
-    self, EVENT_COLUMNS, LogWriter, StoreDb, decode_action, decode_dlq, decode_handler, decode_lag,
-    decode_parked_key, decode_placed, decode_processed, decode_processed_key, decode_record,
-    decode_state, decode_topic, decode_version, event_columns_of,
-};
+use super::shared::builders::StoreDb;
+use super::shared::commit::{OutcomeWriter, StateWrite, commit_in};
+use super::shared::log::{self, LogWriter, records};
+use super::shared::rows::{decode_dlq, decode_placed, decode_processed_key, decode_record};
+use super::shared::sql::{args, event_columns, impl_conn, sql};
+use super::shared::{SqlStore, outbox, outcomes};
 use super::{
-    Appended, AttemptRecord, Batch, CommitReport, DlqAction, DlqEntry, DlqFilter, Error,
-    HandlerRecord, LogRecord, ManagedBy, Notice, PendingAction, ProcessedRecord, Result, Store,
-    StoreOptions, TopicInfo, VersionInfo, now_ms, to_json,
+    Appended, AttemptRecord, Batch, Claim, CommitReport, DlqEntry, DlqFilter, Error, Log,
+    LogRecord, Notice, Notices, Outbox, Outcomes, Processed, ProcessedRecord, Result, StoreOptions,
+    TopicInfo, now_ms, to_json,
 };
 use crate::event::Event;
 use crate::runtime::StateMap;
@@ -70,6 +72,37 @@ const REGISTRY_CHANNEL: &str = "sluice_registry";
 impl StoreDb for Postgres {
     // The header, copied out on insert and indexed.
     const CAUSATION_COLUMN: bool = true;
+}
+
+impl_conn!(PgConnection, Postgres, postgres);
+
+impl SqlStore for PostgresStore {
+    type Conn = PgConnection;
+    type Read = PoolConnection<Postgres>;
+    type Write = sqlx::Transaction<'static, Postgres>;
+
+    async fn read(&self) -> Result<PoolConnection<Postgres>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    async fn write(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    async fn commit_tx(tx: sqlx::Transaction<'static, Postgres>) -> Result<()> {
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_dlq(conn: &mut PgConnection, filter: &DlqFilter) -> Result<Vec<DlqEntry>> {
+        Postgres::select_dlq(filter)
+            .build()
+            .fetch_all(conn)
+            .await?
+            .iter()
+            .map(decode_dlq)
+            .collect()
+    }
 }
 
 impl PostgresStore {
@@ -146,23 +179,6 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-
-    /// Log records matching `condition` (with one `$1`, bound to `value`),
-    /// in log order.
-    async fn events_where(
-        &self,
-        condition: &'static str,
-        value: &str,
-        limit: u32,
-    ) -> Result<Vec<LogRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE {condition} ORDER BY seq LIMIT {limit}"
-        )))
-        .bind(value)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode_record).collect()
-    }
 }
 
 /// Takes the log's lock for the rest of the transaction.
@@ -183,52 +199,10 @@ fn without_nul(text: &str) -> Cow<'_, str> {
     }
 }
 
-async fn ensure_topic_in(conn: &mut PgConnection, topic: &str, partitions: u32) -> Result<u32> {
-    const COUNT: &str = "SELECT partitions FROM topics WHERE name = $1";
-    // Usually the topic exists: one statement.
-    let known: Option<i64> = sqlx::query_scalar(COUNT)
-        .bind(topic)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let n = match known {
-        Some(n) => n,
-        None => {
-            // A concurrent creator of the same topic makes this wait for its
-            // commit and then do nothing, so the count read next is the winner's.
-            sqlx::query(
-                "INSERT INTO topics (name, partitions, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
-            )
-            .bind(topic)
-            .bind(i64::from(partitions.max(1)))
-            .bind(now_ms())
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query_scalar(COUNT)
-                .bind(topic)
-                .fetch_one(&mut *conn)
-                .await?
-        }
-    };
-    shared::to_u32(n, &format!("partition count of topic {topic}:"))
-}
-
 /// An append's statements, inside the caller's transaction, which must hold
 /// the log's lock ([`lock_log`]).
 impl LogWriter for PgConnection {
     const ROWS_PER_INSERT: usize = ROW_CHUNK;
-
-    async fn ensure_topic(&mut self, topic: &str, partitions: u32) -> Result<u32> {
-        ensure_topic_in(self, topic, partitions).await
-    }
-
-    async fn next_offsets(&mut self, topic: &str) -> Result<HashMap<u32, i64>> {
-        let rows: Vec<(i64, i64)> =
-            sqlx::query_as("SELECT partition, next_offset FROM partition_heads WHERE topic = $1")
-                .bind(topic)
-                .fetch_all(&mut *self)
-                .await?;
-        shared::decode_heads(topic, rows)
-    }
 
     async fn insert_events(
         &mut self,
@@ -261,8 +235,8 @@ impl LogWriter for PgConnection {
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 
 /// The processed records of a commit, RETURNING those that were new.
-fn insert_processed(processed: &[super::Processed], now: i64) -> PgQuery<'_> {
-    let column = |f: fn(&super::Processed) -> &str| processed.iter().map(f).collect::<Vec<_>>();
+fn insert_processed_rows(processed: &[Processed], now: i64) -> PgQuery<'_> {
+    let column = |f: fn(&Processed) -> &str| processed.iter().map(f).collect::<Vec<_>>();
     let (handlers, ids, topics, versions) = (
         column(|p| &p.handler),
         column(|p| &p.event_id),
@@ -288,9 +262,8 @@ fn insert_processed(processed: &[super::Processed], now: i64) -> PgQuery<'_> {
 }
 
 /// State fields written by a commit; each (handler, key, name) at most once.
-fn upsert_state<'q>(fields: &'q [shared::StateWrite<'q>]) -> PgQuery<'q> {
-    let column =
-        |f: fn(&shared::StateWrite<'q>) -> &'q str| fields.iter().map(f).collect::<Vec<_>>();
+fn upsert_state_rows<'q>(fields: &'q [StateWrite<'q>]) -> PgQuery<'q> {
+    let column = |f: fn(&StateWrite<'q>) -> &'q str| fields.iter().map(f).collect::<Vec<_>>();
     let values: Vec<&[u8]> = fields.iter().map(|f| f.3).collect();
     sqlx::query(
         "INSERT INTO state (handler, key, name, value) \
@@ -305,7 +278,7 @@ fn upsert_state<'q>(fields: &'q [shared::StateWrite<'q>]) -> PgQuery<'q> {
 
 /// Outbox rows, (emitting handler, event), numbered in the order given:
 /// the relay publishes in that order, which keeps each key's order.
-fn insert_outbox<'q>(rows: &'q [(&'q str, &'q Event)], now: i64) -> Result<PgQuery<'q>> {
+fn insert_outbox_rows<'q>(rows: &'q [(&'q str, &'q Event)], now: i64) -> Result<PgQuery<'q>> {
     let column = |f: fn(&(&'q str, &'q Event)) -> &'q str| rows.iter().map(f).collect::<Vec<_>>();
     let keys: Vec<Option<&str>> = rows.iter().map(|(_, e)| e.key.as_deref()).collect();
     let events = rows
@@ -327,74 +300,199 @@ fn insert_outbox<'q>(rows: &'q [(&'q str, &'q Event)], now: i64) -> Result<PgQue
     .bind(now))
 }
 
-/// Deletes the attempts of `(handler, event id)` pairs.
-async fn delete_attempts(conn: &mut PgConnection, pairs: &[(&str, &str)]) -> Result<()> {
-    if pairs.is_empty() {
-        return Ok(());
+/// A commit's statements, each one statement for all its rows (see
+/// [`PgQuery`]).
+impl OutcomeWriter for PgConnection {
+    /// FOR SHARE: a claim (which updates the row) waits for this commit,
+    /// or this commit sees the claim. One statement for all of them (a
+    /// round trip each made a commit of eight partitions eight statements
+    /// longer), locking in key order as claims do.
+    async fn stale_claims<'c>(&mut self, claims: &'c [Claim]) -> Result<Vec<&'c Claim>> {
+        let mut stale = Vec::new();
+        if claims.is_empty() {
+            return Ok(stale);
+        }
+        let mut keys: (Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+        for claim in claims {
+            keys.0.push(&claim.handler);
+            keys.1.push(&claim.topic);
+            keys.2.push(i64::from(claim.partition));
+        }
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT c.handler, c.topic, c.partition, c.epoch FROM partition_claims c \
+             JOIN UNNEST($1::text[], $2::text[], $3::bigint[]) AS k(handler, topic, partition) \
+             ON c.handler = k.handler AND c.topic = k.topic AND c.partition = k.partition \
+             ORDER BY c.handler, c.topic, c.partition FOR SHARE OF c",
+        )
+        .bind(keys.0)
+        .bind(keys.1)
+        .bind(keys.2)
+        .persistent(false)
+        .fetch_all(&mut *self)
+        .await?;
+        let epochs: HashMap<(&str, &str, i64), i64> = rows
+            .iter()
+            .map(|(h, t, p, e)| ((h.as_str(), t.as_str(), *p), *e))
+            .collect();
+        for claim in claims {
+            let key = (
+                claim.handler.as_str(),
+                claim.topic.as_str(),
+                i64::from(claim.partition),
+            );
+            if epochs.get(&key) != Some(&claim.epoch) {
+                stale.push(claim);
+            }
+        }
+        Ok(stale)
     }
-    let (handlers, ids): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
-    sqlx::query(
-        "DELETE FROM attempts WHERE (handler, event_id) IN \
-         (SELECT * FROM UNNEST($1::text[], $2::text[]))",
-    )
-    .bind(handlers)
-    .bind(ids)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+
+    /// RETURNING names the rows that were new, whatever `name_new` says.
+    async fn insert_processed(
+        &mut self,
+        processed: &[Processed],
+        now: i64,
+        _name_new: bool,
+    ) -> Result<Option<HashSet<(String, String)>>> {
+        let mut fresh: HashSet<(String, String)> = HashSet::new();
+        if !processed.is_empty() {
+            for row in insert_processed_rows(processed, now)
+                .fetch_all(&mut *self)
+                .await?
+            {
+                fresh.insert(decode_processed_key(&row)?);
+            }
+        }
+        Ok(Some(fresh))
+    }
+
+    async fn delete_state(&mut self, fields: &[(&str, &str, &str)]) -> Result<()> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let mut columns: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+        for (handler, key, name) in fields {
+            columns.0.push(handler);
+            columns.1.push(key);
+            columns.2.push(name);
+        }
+        sqlx::query(
+            "DELETE FROM state WHERE (handler, key, name) IN \
+             (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]))",
+        )
+        .bind(columns.0)
+        .bind(columns.1)
+        .bind(columns.2)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+
+    async fn upsert_state(&mut self, fields: &[StateWrite<'_>]) -> Result<()> {
+        if !fields.is_empty() {
+            upsert_state_rows(fields).execute(&mut *self).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_outbox(&mut self, rows: &[(&str, &Event)], now: i64) -> Result<()> {
+        insert_outbox_rows(rows, now)?.execute(&mut *self).await?;
+        Ok(())
+    }
+
+    async fn delete_attempts(&mut self, pairs: &[(&str, &str)]) -> Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let (handlers, ids): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
+        sqlx::query(
+            "DELETE FROM attempts WHERE (handler, event_id) IN \
+             (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+        )
+        .bind(handlers)
+        .bind(ids)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_actions(&mut self, ids: &[i64]) -> Result<()> {
+        sqlx::query("DELETE FROM dlq_actions WHERE id = ANY($1)")
+            .persistent(false)
+            .bind(ids)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    /// One statement; a partition once (a row cannot be updated twice by
+    /// one statement), at its furthest position.
+    async fn upsert_broker_positions(
+        &mut self,
+        positions: &[(String, String, i32, i64)],
+    ) -> Result<()> {
+        let mut furthest: BTreeMap<(&str, &str, i64), i64> = BTreeMap::new();
+        for (handler, topic, partition, position) in positions {
+            let at = furthest
+                .entry((handler.as_str(), topic.as_str(), i64::from(*partition)))
+                .or_insert(*position);
+            *at = (*at).max(*position);
+        }
+        let mut columns: (Vec<&str>, Vec<&str>, Vec<i64>, Vec<i64>) = Default::default();
+        for ((handler, topic, partition), position) in furthest {
+            columns.0.push(handler);
+            columns.1.push(topic);
+            columns.2.push(partition);
+            columns.3.push(position);
+        }
+        sqlx::query(
+            "INSERT INTO broker_positions (handler, topic, partition, position) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
+             ON CONFLICT (handler, topic, partition) DO UPDATE SET position = GREATEST(broker_positions.position, EXCLUDED.position)",
+        )
+        .bind(columns.0)
+        .bind(columns.1)
+        .bind(columns.2)
+        .bind(columns.3)
+        .persistent(false)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+
+    fn message(text: &str) -> Cow<'_, str> {
+        without_nul(text)
+    }
 }
 
 #[async_trait::async_trait]
-impl Store for PostgresStore {
-    async fn notices(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Notice>>> {
-        let listener = Self::listener(&self.pool).await?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(Self::listen(self.pool.clone(), listener, sender));
-        Ok(Some(receiver))
-    }
-
+impl Log for PostgresStore {
     async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<u32> {
-        let mut tx = self.pool.begin().await?;
-        let n = ensure_topic_in(&mut tx, topic, partitions).await?;
-        tx.commit().await?;
+        let mut tx = self.write().await?;
+        let n = tx.ensure_topic(topic, partitions).await?;
+        Self::commit_tx(tx).await?;
         Ok(n)
     }
 
     async fn topics(&self) -> Result<Vec<TopicInfo>> {
-        let rows = sqlx::query(
-            "SELECT t.name, t.partitions, \
-               (SELECT COUNT(*) FROM events e WHERE e.topic = t.name) AS events, \
-               (SELECT COALESCE(MAX(seq), 0) FROM events e WHERE e.topic = t.name) AS last_seq \
-             FROM topics t ORDER BY t.name COLLATE \"C\"",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode_topic).collect()
+        log::topics(&mut *self.read().await?).await
     }
 
     async fn append(&self, events: &[Event], default_partitions: u32) -> Result<Vec<Appended>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         lock_log(&mut tx).await?;
-        let out = shared::append(
+        let out = log::append(
             &mut *tx,
             &events.iter().collect::<Vec<_>>(),
             default_partitions,
         )
         .await?;
-        tx.commit().await?;
+        Self::commit_tx(tx).await?;
         Ok(out)
     }
 
     async fn read_log(&self, topic: &str, after: i64, limit: u32) -> Result<Vec<LogRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE topic = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-        )))
-        .bind(topic)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode_record).collect()
+        log::read_log(&mut *self.read().await?, topic, after, limit).await
     }
 
     async fn read_seqs(&self, seqs: &[i64]) -> Result<Vec<LogRecord>> {
@@ -402,9 +500,11 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         // One array parameter, however many sequence numbers.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE seq = ANY($1) ORDER BY seq"
-        )))
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE seq = ANY($1) ORDER BY seq"
+        ))
         .persistent(false)
         .bind(seqs)
         .fetch_all(&self.pool)
@@ -412,14 +512,29 @@ impl Store for PostgresStore {
         rows.iter().map(decode_record).collect()
     }
 
-    async fn position(&self, handler: &str, topic: &str) -> Result<Option<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT position FROM positions WHERE handler = $1 AND topic = $2")
-                .bind(handler)
-                .bind(topic)
-                .fetch_optional(&self.pool)
-                .await?,
+    async fn events_by_id(&self, id: &str) -> Result<Vec<LogRecord>> {
+        log::events_by_id(&mut *self.read().await?, id).await
+    }
+
+    async fn events_caused_by(&self, id: &str) -> Result<Vec<LogRecord>> {
+        // `causation_id` is the header, copied out on insert and indexed.
+        records(
+            &mut *self.read().await?,
+            sql!(concat!(
+                "SELECT ",
+                event_columns!(),
+                " FROM events WHERE causation_id = ? ORDER BY seq LIMIT 1000"
+            )),
+            args![id],
         )
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Outcomes for PostgresStore {
+    async fn position(&self, handler: &str, topic: &str) -> Result<Option<i64>> {
+        outcomes::position(&mut *self.read().await?, handler, topic).await
     }
 
     async fn processed_ids(&self, handler: &str, ids: &[String]) -> Result<HashSet<String>> {
@@ -443,12 +558,7 @@ impl Store for PostgresStore {
     }
 
     async fn load_state(&self, handler: &str, key: &str) -> Result<StateMap> {
-        let rows = sqlx::query("SELECT name, value FROM state WHERE handler = $1 AND key = $2")
-            .bind(handler)
-            .bind(key)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(decode_state).collect()
+        outcomes::load_state(&mut *self.read().await?, handler, key).await
     }
 
     async fn load_states(
@@ -470,36 +580,20 @@ impl Store for PostgresStore {
         .bind(keys)
         .fetch_all(&self.pool)
         .await?;
-        shared::decode_states(keys, &rows)
+        super::shared::rows::decode_states(keys, &rows)
     }
 
     async fn attempts(&self, handler: &str, event_id: &str) -> Result<Vec<AttemptRecord>> {
-        let rows = sqlx::query(
-            "SELECT event_id, attempt, outcome, error, version, at FROM attempts \
-             WHERE handler = $1 AND event_id = $2 ORDER BY attempt",
-        )
-        .bind(handler)
-        .bind(event_id)
-        .fetch_all(&self.pool)
-        .await?;
-        shared::decode_attempts(&rows)
+        outcomes::attempts(&mut *self.read().await?, handler, event_id).await
     }
 
     async fn pending_attempts(&self, handler: &str) -> Result<HashMap<String, Vec<AttemptRecord>>> {
-        let rows = sqlx::query(
-            "SELECT event_id, attempt, outcome, error, version, at FROM attempts \
-             WHERE handler = $1 ORDER BY event_id, attempt",
-        )
-        .bind(handler)
-        .fetch_all(&self.pool)
-        .await?;
-        shared::group_attempts(&rows)
+        outcomes::pending_attempts(&mut *self.read().await?, handler).await
     }
 
     async fn commit(&self, original: &Batch) -> Result<CommitReport> {
         let now = now_ms();
-        let mut report = CommitReport::default();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         if original.emit_to_log.is_some()
             && original.processed.iter().any(|p| !p.emitted.is_empty())
         {
@@ -507,268 +601,35 @@ impl Store for PostgresStore {
             // log writer takes it, before any row lock.
             lock_log(&mut tx).await?;
         }
-        // Outcomes of partitions claimed since they were read are left out.
-        // FOR SHARE: a claim (which updates the row) waits for this commit,
-        // or this commit sees the claim.
-        // One statement for all of them (a round trip each made a commit
-        // of eight partitions eight statements longer), locking in key
-        // order as claims do.
-        let mut stale = Vec::new();
-        if !original.claims.is_empty() {
-            let mut keys: (Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
-            for claim in &original.claims {
-                keys.0.push(&claim.handler);
-                keys.1.push(&claim.topic);
-                keys.2.push(i64::from(claim.partition));
-            }
-            let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-                "SELECT c.handler, c.topic, c.partition, c.epoch FROM partition_claims c \
-                 JOIN UNNEST($1::text[], $2::text[], $3::bigint[]) AS k(handler, topic, partition) \
-                 ON c.handler = k.handler AND c.topic = k.topic AND c.partition = k.partition \
-                 ORDER BY c.handler, c.topic, c.partition FOR SHARE OF c",
-            )
-            .bind(keys.0)
-            .bind(keys.1)
-            .bind(keys.2)
-            .persistent(false)
-            .fetch_all(&mut *tx)
-            .await?;
-            let epochs: HashMap<(&str, &str, i64), i64> = rows
-                .iter()
-                .map(|(h, t, p, e)| ((h.as_str(), t.as_str(), *p), *e))
-                .collect();
-            for claim in &original.claims {
-                let key = (
-                    claim.handler.as_str(),
-                    claim.topic.as_str(),
-                    i64::from(claim.partition),
-                );
-                if epochs.get(&key) != Some(&claim.epoch) {
-                    stale.push(claim);
-                }
-            }
-        }
-        let kept = shared::fence(original, &stale, &mut report);
-        let batch = kept.as_ref().unwrap_or(original);
-        // Processed records of the whole batch in a few multi-row
-        // statements; RETURNING names the rows that were new. A row that
-        // already existed (or is being inserted by a concurrent commit,
-        // which this one then waits for) is a duplicate: its effects are
-        // not applied again.
-        let mut fresh: HashSet<(String, String)> = HashSet::new();
-        if !batch.processed.is_empty() {
-            for row in insert_processed(&batch.processed, now)
-                .fetch_all(&mut *tx)
-                .await?
-            {
-                fresh.insert(decode_processed_key(&row)?);
-            }
-        }
-        let effects = shared::effects(&batch.processed, fresh, &mut report.duplicates);
-        if !effects.state_deletes.is_empty() {
-            let mut columns: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
-            for (handler, key, name) in &effects.state_deletes {
-                columns.0.push(handler);
-                columns.1.push(key);
-                columns.2.push(name);
-            }
-            sqlx::query(
-                "DELETE FROM state WHERE (handler, key, name) IN \
-                 (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]))",
-            )
-            .bind(columns.0)
-            .bind(columns.1)
-            .bind(columns.2)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !effects.state_writes.is_empty() {
-            upsert_state(&effects.state_writes)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(partitions) = batch.emit_to_log {
-            report.appended_seq =
-                shared::append_emitted(&mut *tx, &effects.outbox, partitions).await?;
-        } else if !effects.outbox.is_empty() {
-            insert_outbox(&effects.outbox, now)?
-                .execute(&mut *tx)
-                .await?;
-            report.outbox_rows += effects.outbox.len() as u64;
-        }
-        delete_attempts(&mut tx, &effects.retried).await?;
-        for (handler, event_id, a) in &batch.failures {
-            sqlx::query(
-                "INSERT INTO attempts (handler, event_id, attempt, outcome, error, version, at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (handler, event_id, attempt) DO UPDATE SET outcome = EXCLUDED.outcome, error = EXCLUDED.error, version = EXCLUDED.version, at = EXCLUDED.at",
-            )
-            .bind(handler)
-            .bind(event_id)
-            .bind(i64::from(a.attempt))
-            .bind(&a.outcome)
-            .bind(without_nul(&a.error).as_ref())
-            .bind(&a.version)
-            .bind(a.at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for d in &batch.dead_letters {
-            let e = &d.record.event;
-            let attempts = u32::try_from(d.attempts.len()).unwrap_or(u32::MAX);
-            let done = sqlx::query(
-                "INSERT INTO processed (handler, event_id, topic, seq, outcome, version, attempts, processed_at) \
-                 VALUES ($1, $2, $3, $4, 'dead-lettered', $5, $6, $7) ON CONFLICT (handler, event_id) DO NOTHING",
-            )
-            .bind(&d.handler)
-            .bind(&e.id)
-            .bind(&e.topic)
-            .bind(d.record.seq)
-            .bind(&d.version)
-            .bind(i64::from(attempts))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() != 1 {
-                report.duplicates.insert((d.handler.clone(), e.id.clone()));
-                report.dlq_ids.push(0);
-                continue;
-            }
-            let error = shared::dead_letter_error(d);
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO dlq (handler, version, topic, seq, event_id, key, event, attempts, error, status, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $11) RETURNING id",
-            )
-            .bind(&d.handler)
-            .bind(&d.version)
-            .bind(&e.topic)
-            .bind(d.record.seq)
-            .bind(&e.id)
-            .bind(&e.key)
-            .bind(to_json(&d.record)?)
-            .bind(to_json(&d.attempts)?)
-            .bind(without_nul(&error).as_ref())
-            .bind(now)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            report.dlq_ids.push(id);
-            if let Some(event) = shared::dead_letter_outbox(d, id) {
-                insert_outbox(&[(d.handler.as_str(), &event)], now)?
-                    .execute(&mut *tx)
-                    .await?;
-                report.outbox_rows += 1;
-            }
-            delete_attempts(&mut tx, &[(&d.handler, &e.id)]).await?;
-            if d.park
-                && let Some(key) = &e.key
-            {
-                sqlx::query(
-                    "INSERT INTO parked_keys (handler, key, dlq_id) VALUES ($1, $2, $3) ON CONFLICT (handler, key) DO NOTHING",
-                )
-                .bind(&d.handler)
-                .bind(key)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        for pe in &batch.parked {
-            sqlx::query(
-                "INSERT INTO parked_events (handler, key, seq, topic) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(&pe.handler)
-            .bind(&pe.key)
-            .bind(pe.seq)
-            .bind(&pe.topic)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for (handler, key) in &batch.unparked {
-            sqlx::query("DELETE FROM parked_keys WHERE handler = $1 AND key = $2")
-                .bind(handler)
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM parked_events WHERE handler = $1 AND key = $2")
-                .bind(handler)
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !batch.actions_done.is_empty() {
-            sqlx::query("DELETE FROM dlq_actions WHERE id = ANY($1)")
-                .persistent(false)
-                .bind(&batch.actions_done)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for (handler, topic, position) in &batch.positions {
-            sqlx::query(
-                "INSERT INTO positions (handler, topic, position) VALUES ($1, $2, $3) \
-                 ON CONFLICT (handler, topic) DO UPDATE SET position = GREATEST(positions.position, EXCLUDED.position)",
-            )
-            .bind(handler)
-            .bind(topic)
-            .bind(position)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !batch.broker_positions.is_empty() {
-            // One statement; a partition once (a row cannot be updated
-            // twice by one statement), at its furthest position.
-            let mut furthest: BTreeMap<(&str, &str, i64), i64> = BTreeMap::new();
-            for (handler, topic, partition, position) in &batch.broker_positions {
-                let at = furthest
-                    .entry((handler.as_str(), topic.as_str(), i64::from(*partition)))
-                    .or_insert(*position);
-                *at = (*at).max(*position);
-            }
-            let mut columns: (Vec<&str>, Vec<&str>, Vec<i64>, Vec<i64>) = Default::default();
-            for ((handler, topic, partition), position) in furthest {
-                columns.0.push(handler);
-                columns.1.push(topic);
-                columns.2.push(partition);
-                columns.3.push(position);
-            }
-            sqlx::query(
-                "INSERT INTO broker_positions (handler, topic, partition, position) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) \
-                 ON CONFLICT (handler, topic, partition) DO UPDATE SET position = GREATEST(broker_positions.position, EXCLUDED.position)",
-            )
-            .bind(columns.0)
-            .bind(columns.1)
-            .bind(columns.2)
-            .bind(columns.3)
-            .persistent(false)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        report.dlq_ids = shared::realign_dlq_ids(original, &report.fenced, report.dlq_ids);
+        let report = commit_in(&mut *tx, original, now, true)
+            .await?
+            .ok_or_else(|| {
+                Error::Corrupt("a commit naming its new records did not apply".into())
+            })?;
+        Self::commit_tx(tx).await?;
         Ok(report)
     }
 
+    async fn processed_records(&self, id: &str) -> Result<Vec<ProcessedRecord>> {
+        outcomes::processed_records(&mut *self.read().await?, id).await
+    }
+
+    async fn lag(&self, handler: &str) -> Result<Vec<(String, i64)>> {
+        outcomes::lag(&mut *self.read().await?, handler).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Outbox for PostgresStore {
     async fn relay_outbox(&self, limit: u32, default_partitions: u32) -> Result<Vec<Appended>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         // The log's lock: the rows are appended to the log, and a second
         // relay (another host) waits here and then sees them delivered.
         lock_log(&mut tx).await?;
-        let rows = sqlx::query(
-            "SELECT seq, event FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT $1",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        let (events, taken) = shared::decode_outbox(&rows)?;
+        let (appended, taken) = outbox::relay(&mut *tx, limit, default_partitions).await?;
         if taken.is_empty() {
-            return Ok(Vec::new());
+            return Ok(appended);
         }
-        let appended = shared::append(
-            &mut *tx,
-            &events.iter().collect::<Vec<_>>(),
-            default_partitions,
-        )
-        .await?;
         // Mark exactly the rows read, not "everything up to the last one":
         // outbox seqs are also drawn before commit, so a commit still in
         // flight may add a lower seq that this relay has not seen.
@@ -778,18 +639,16 @@ impl Store for PostgresStore {
             .bind(taken)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        Self::commit_tx(tx).await?;
         Ok(appended)
     }
 
+    async fn outbox_backlog(&self) -> Result<i64> {
+        outbox::backlog(&mut *self.read().await?).await
+    }
+
     async fn outbox_pending(&self, limit: u32) -> Result<Vec<(i64, Event)>> {
-        let rows = sqlx::query(
-            "SELECT seq, event FROM outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT $1",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let (events, seqs) = shared::decode_outbox(&rows)?;
+        let (events, seqs) = outbox::pending(&mut *self.read().await?, limit).await?;
         Ok(seqs.into_iter().zip(events).collect())
     }
 
@@ -812,384 +671,19 @@ impl Store for PostgresStore {
     }
 
     async fn lease(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
-        let now = now_ms();
-        sqlx::query(
-            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-             WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
-        )
-        .bind(name)
-        .bind(holder)
-        .bind(now + ttl_ms)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        let current: Option<String> =
-            sqlx::query_scalar("SELECT holder FROM leases WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(current.as_deref() == Some(holder))
+        let mut tx = self.write().await?;
+        outbox::take_lease(&mut *tx, name, holder, ttl_ms).await?;
+        Self::commit_tx(tx).await?;
+        outbox::holds_lease(&mut *self.read().await?, name, holder).await
     }
+}
 
-    async fn broker_positions(&self, handler: &str, topic: &str) -> Result<HashMap<i32, i64>> {
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT partition, position FROM broker_positions WHERE handler = $1 AND topic = $2",
-        )
-        .bind(handler)
-        .bind(topic)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(partition, position)| {
-                let partition = i32::try_from(partition)
-                    .map_err(|_| Error::Corrupt(format!("broker partition {partition}")))?;
-                Ok((partition, position))
-            })
-            .collect()
-    }
-
-    async fn claim_partitions(
-        &self,
-        handler: &str,
-        topic: &str,
-        partitions: &[i32],
-        owner: &str,
-    ) -> Result<HashMap<i32, (Option<i64>, i64)>> {
-        let mut tx = self.pool.begin().await?;
-        let mut claimed = HashMap::with_capacity(partitions.len());
-        for partition in partitions {
-            let epoch: i64 = sqlx::query_scalar(
-                "INSERT INTO partition_claims (handler, topic, partition, epoch, owner) VALUES ($1, $2, $3, 1, $4) ON CONFLICT (handler, topic, partition) DO UPDATE SET epoch = partition_claims.epoch + 1, owner = EXCLUDED.owner RETURNING epoch",
-            )
-            .bind(handler)
-            .bind(topic)
-            .bind(i64::from(*partition))
-            .bind(owner)
-            .fetch_one(&mut *tx)
-            .await?;
-            // After the claim: every commit under an earlier epoch is in.
-            let position: Option<i64> =
-                sqlx::query_scalar("SELECT position FROM broker_positions WHERE handler = $1 AND topic = $2 AND partition = $3")
-                    .bind(handler)
-                    .bind(topic)
-                    .bind(i64::from(*partition))
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            claimed.insert(*partition, (position, epoch));
-        }
-        tx.commit().await?;
-        Ok(claimed)
-    }
-
-    async fn partition_owners(&self, handler: &str) -> Result<Vec<(String, i32, String)>> {
-        let rows: Vec<(String, i64, String)> = sqlx::query_as(
-            "SELECT topic, partition, owner FROM partition_claims WHERE handler = $1",
-        )
-        .bind(handler)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|(topic, partition, owner)| {
-                let partition = i32::try_from(partition)
-                    .map_err(|_| Error::Corrupt(format!("broker partition {partition}")))?;
-                Ok((topic, partition, owner))
-            })
-            .collect()
-    }
-
-    async fn outbox_backlog(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn events_by_id(&self, id: &str) -> Result<Vec<LogRecord>> {
-        self.events_where("id = $1", id, 100).await
-    }
-
-    async fn events_caused_by(&self, id: &str) -> Result<Vec<LogRecord>> {
-        // `causation_id` is the header, copied out on insert and indexed.
-        self.events_where("causation_id = $1", id, 1000).await
-    }
-
-    async fn processed_records(&self, id: &str) -> Result<Vec<ProcessedRecord>> {
-        let rows = sqlx::query(
-            "SELECT handler, outcome, version, attempts, processed_at FROM processed \
-             WHERE event_id = $1 ORDER BY handler COLLATE \"C\"",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode_processed).collect()
-    }
-
-    async fn put_handler(
-        &self,
-        name: &str,
-        config: &serde_json::Value,
-        managed_by: ManagedBy,
-    ) -> Result<HandlerRecord> {
-        let now = now_ms();
-        sqlx::query(
-            "INSERT INTO handlers (name, config, created_at, updated_at, managed_by) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (name) DO UPDATE SET config = EXCLUDED.config, updated_at = EXCLUDED.updated_at, \
-             managed_by = EXCLUDED.managed_by",
-        )
-        .bind(name)
-        .bind(to_json(config)?)
-        .bind(now)
-        .bind(now)
-        .bind(managed_by.as_str())
-        .execute(&self.pool)
-        .await?;
-        shared::existing_handler(self, name).await
-    }
-
-    async fn handler(&self, name: &str) -> Result<Option<HandlerRecord>> {
-        let Some(row) = sqlx::query("SELECT * FROM handlers WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let versions = sqlx::query(
-            "SELECT version, digest, size, uploaded_at FROM handler_versions WHERE handler = $1 ORDER BY version",
-        )
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(decode_version)
-        .collect::<Result<Vec<_>>>()?;
-        decode_handler(&row, versions).map(Some)
-    }
-
-    async fn handlers(&self) -> Result<Vec<HandlerRecord>> {
-        let names: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM handlers ORDER BY name COLLATE \"C\"")
-                .fetch_all(&self.pool)
-                .await?;
-        shared::handlers_named(self, names).await
-    }
-
-    async fn delete_handler(&self, name: &str, purge: bool) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        // The handler's row first: it is the lock `add_version` and
-        // `activate` take, so they either finish before or find no handler.
-        let gone = sqlx::query("DELETE FROM handlers WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        for table in shared::handler_tables(purge) {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {table} WHERE handler = $1"
-            )))
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(gone == 1)
-    }
-
-    async fn add_version(
-        &self,
-        name: &str,
-        digest: &str,
-        component: &[u8],
-    ) -> Result<(VersionInfo, bool)> {
-        let mut tx = self.pool.begin().await?;
-        // Locking the handler's row serializes uploads to one handler, so
-        // that concurrent ones get distinct version numbers.
-        let exists = sqlx::query("SELECT name FROM handlers WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(Error::NotFound(format!("handler {name}")));
-        }
-        if let Some(r) = sqlx::query(
-            "SELECT version, digest, size, uploaded_at FROM handler_versions WHERE handler = $1 AND digest = $2",
-        )
-        .bind(name)
-        .bind(digest)
-        .fetch_optional(&mut *tx)
-        .await?
-        {
-            return Ok((decode_version(&r)?, false));
-        }
-        let version: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM handler_versions WHERE handler = $1",
-        )
-        .bind(name)
-        .fetch_one(&mut *tx)
-        .await?;
-        let now = now_ms();
-        let size = shared::component_size(component);
-        sqlx::query(
-            "INSERT INTO handler_versions (handler, version, digest, component, size, uploaded_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(name)
-        .bind(version)
-        .bind(digest)
-        .bind(component)
-        .bind(size)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok((shared::version_info(version, digest, size, now), true))
-    }
-
-    async fn component(&self, name: &str, version: i64) -> Result<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar(
-            "SELECT component FROM handler_versions WHERE handler = $1 AND version = $2",
-        )
-        .bind(name)
-        .bind(version)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn activate(&self, name: &str, version: i64) -> Result<HandlerRecord> {
-        let mut tx = self.pool.begin().await?;
-        // The handler's row, locked: a concurrent delete either finished
-        // (no version left) or waits until the version is active.
-        sqlx::query("SELECT name FROM handlers WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let known: Option<i64> = sqlx::query_scalar(
-            "SELECT version FROM handler_versions WHERE handler = $1 AND version = $2",
-        )
-        .bind(name)
-        .bind(version)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if known.is_none() {
-            return Err(Error::NotFound(format!(
-                "version {version} of handler {name}"
-            )));
-        }
-        sqlx::query("UPDATE handlers SET active_version = $1, updated_at = $2 WHERE name = $3")
-            .bind(version)
-            .bind(now_ms())
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        shared::existing_handler(self, name).await
-    }
-
-    async fn lag(&self, handler: &str) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT p.topic, (SELECT COUNT(*) FROM events e WHERE e.topic = p.topic AND e.seq > p.position) AS lag \
-             FROM positions p WHERE p.handler = $1 ORDER BY p.topic COLLATE \"C\"",
-        )
-        .bind(handler)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode_lag).collect()
-    }
-
-    async fn parked_keys(&self, handler: &str) -> Result<HashMap<String, i64>> {
-        let rows = sqlx::query("SELECT key, dlq_id FROM parked_keys WHERE handler = $1")
-            .bind(handler)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(decode_parked_key).collect()
-    }
-
-    async fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>> {
-        Postgres::select_dlq(filter)
-            .build()
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(decode_dlq)
-            .collect()
-    }
-
-    async fn dlq_get(&self, id: i64) -> Result<Option<DlqEntry>> {
-        sqlx::query("SELECT * FROM dlq WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(decode_dlq)
-            .transpose()
-    }
-
-    async fn dlq_act_on(
-        &self,
-        id: i64,
-        action: DlqAction,
-        version: Option<i64>,
-    ) -> Result<DlqEntry> {
-        let mut tx = self.pool.begin().await?;
-        // Locked: of two operators acting at once, the second waits, then
-        // reads the status the first set and gets a conflict.
-        let row = sqlx::query("SELECT * FROM dlq WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("DLQ entry {id}")))?;
-        let entry = decode_dlq(&row)?;
-        let (status, action_name) = shared::dlq_transition(&entry, id, action)?;
-        let now = now_ms();
-        sqlx::query("UPDATE dlq SET status = $1, updated_at = $2 WHERE id = $3")
-            .bind(status.as_str())
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if action == DlqAction::Redrive {
-            sqlx::query("DELETE FROM processed WHERE handler = $1 AND event_id = $2")
-                .bind(&entry.handler)
-                .bind(&entry.record.event.id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query(
-            "INSERT INTO dlq_actions (handler, dlq_id, action, version, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&entry.handler)
-        .bind(id)
-        .bind(action_name)
-        .bind(version)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(shared::dlq_acted(entry, status, now))
-    }
-
-    async fn pending_actions(&self, handler: &str) -> Result<Vec<PendingAction>> {
-        let rows = sqlx::query(
-            "SELECT a.id AS action_id, a.action, a.version AS action_version, d.* FROM dlq_actions a \
-             JOIN dlq d ON d.id = a.dlq_id WHERE a.handler = $1 ORDER BY a.id",
-        )
-        .bind(handler)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode_action).collect()
-    }
-
-    async fn parked_events(&self, handler: &str, key: &str) -> Result<Vec<LogRecord>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {} FROM parked_events p JOIN events e ON e.seq = p.seq \
-             WHERE p.handler = $1 AND p.key = $2 ORDER BY p.seq",
-            event_columns_of("e")
-        )))
-        .bind(handler)
-        .bind(key)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(decode_record).collect()
+#[async_trait::async_trait]
+impl Notices for PostgresStore {
+    async fn notices(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Notice>>> {
+        let listener = Self::listener(&self.pool).await?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(Self::listen(self.pool.clone(), listener, sender));
+        Ok(Some(receiver))
     }
 }
