@@ -605,7 +605,7 @@ impl Pipeline {
 
     /// Stops `handler` (running invocations finish and commit) and removes
     /// it with its versions; with `purge`, also its positions, processed
-    /// records, state and DLQ entries (see [`Store::delete_handler`]).
+    /// records, state and DLQ entries (see [`store::Registry::delete_handler`]).
     pub async fn remove(&self, handler: &str, purge: bool) -> Result<()> {
         if self.is_declared(handler) {
             return Err(Error::ManagedByConfig(handler.to_owned()));

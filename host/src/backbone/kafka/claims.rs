@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::store::Store;
 
 /// The store's side of a subscription: its partition claims (see
-/// `claim_partitions` in [`crate::store`]). Called on the
+/// [`crate::store::Claims::claim_partitions`]). Called on the
 /// subscription's thread, during rebalances too, so it may block.
 pub trait ClaimStore: Send + Sync {
     /// Claims `partitions` of `topic` for the consumer `owner` and reads
