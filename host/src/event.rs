@@ -176,6 +176,10 @@ pub fn valid_topic_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Per-key state as the host keeps it and hands it to an invocation:
+/// field name to value.
+pub type StateMap = BTreeMap<String, Vec<u8>>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

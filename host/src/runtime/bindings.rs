@@ -11,7 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::limits::{LimitExceeded, LimitKind, Limits, MemoryLimiter};
 use super::stdio::CapturedOutput;
 use super::{LogLevel, LogLine, LogStream};
-use crate::event::{self, Event};
+use crate::event::{self, Event, StateMap};
 
 /// Generated code lives in its own module so that the world-level `Event`
 /// alias does not shadow the host's [`Event`].
@@ -30,9 +30,6 @@ pub(crate) use wit::HandlerPre;
 use wit::sluice::handler::types::Header as WitHeader;
 pub(crate) use wit::sluice::handler::types::{Event as WitEvent, HandlerError as WitHandlerError};
 use wit::sluice::handler::{log, outbox, state};
-
-/// Per-key state as the host hands it to an invocation: field name to value.
-pub type StateMap = BTreeMap<String, Vec<u8>>;
 
 /// Everything one invocation accumulates. It lives in the wasmtime `Store`
 /// and is dropped with it; the runtime reads the results out when the guest

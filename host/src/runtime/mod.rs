@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
-pub use self::bindings::StateMap;
 pub use self::limits::{LimitExceeded, LimitKind, Limits};
+pub use crate::event::StateMap;
 
 use self::bindings::{CallState, GuestState, HandlerPre, WitHandlerError};
 use self::cache::ComponentCache;

@@ -47,7 +47,7 @@ use super::{
     TopicInfo, now_ms, to_json,
 };
 use crate::event::Event;
-use crate::runtime::StateMap;
+use crate::event::StateMap;
 
 /// Rows per multi-row `INSERT`: PostgreSQL takes at most 65535 bound
 /// parameters per statement, and a row has at most 14.

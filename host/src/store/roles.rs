@@ -9,7 +9,7 @@ use super::{
     LogRecord, ManagedBy, Notice, PendingAction, ProcessedRecord, Result, TopicInfo, VersionInfo,
 };
 use crate::event::Event;
-use crate::runtime::StateMap;
+use crate::event::StateMap;
 
 /// The durable state of a Sluice host: every role. Implemented for any
 /// type that has them all.

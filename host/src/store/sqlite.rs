@@ -37,7 +37,7 @@ use super::{
     Synchronous, TopicInfo, now_ms,
 };
 use crate::event::Event;
-use crate::runtime::StateMap;
+use crate::event::StateMap;
 
 /// SQLite limits bound parameters per statement; chunk `IN (...)` lists.
 const IN_CHUNK: usize = 500;

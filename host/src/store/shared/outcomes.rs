@@ -6,7 +6,7 @@ use super::rows::{
     StoreRow, decode_attempts, decode_lag, decode_processed, decode_state, group_attempts,
 };
 use super::sql::{Conn, args, sql};
-use crate::runtime::StateMap;
+use crate::event::StateMap;
 use crate::store::{AttemptRecord, ProcessedRecord, Result};
 
 /// The committed position of `handler` on `topic`.

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use crate::event::Event;
-use crate::runtime::StateMap;
+use crate::event::StateMap;
 use crate::store::{
     AttemptRecord, DlqAction, DlqEntry, DlqStatus, Error, HandlerRecord, LogRecord, ManagedBy,
     PendingAction, ProcessedRecord, Result, TopicInfo, VersionInfo, from_json,
