@@ -50,4 +50,3 @@ pub mod openapi;
 pub mod pipeline;
 pub mod runtime;
 pub mod store;
-pub mod test_servers;
