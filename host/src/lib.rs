@@ -21,6 +21,13 @@
 //!   [`admin`]: the HTTP API; [`config`]: `sluice.toml`.
 //! * [`broker`]: Kafka through rdkafka, with events in the CloudEvents
 //!   Kafka binding.
+//! * [`openapi`]: the admin API's OpenAPI document.
+//!
+//! The crate holds only what a host needs. Around it, in the workspace:
+//! `sluice-cli`, the `sluice` command (`sluice run` starts a host from this
+//! crate; the other commands are a client of the admin API, `sluice test`
+//! drives [`harness`]); `sluice-bench`, the benchmarks behind `sluice bench`;
+//! and `sluice-testkit`, the test servers (PostgreSQL, Kafka) of the tests.
 //!
 //! ```no_run
 //! use sluice::harness::{Harness, TestEvent};
@@ -41,7 +48,6 @@
 #![deny(missing_docs)]
 
 pub mod admin;
-pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod event;
