@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
 
 use sluice::broker::{Publisher, cloudevents, kafka};
 use sluice::config::{BrokerConfig, BrokerKind, Config, TopicConfig};
@@ -100,6 +101,14 @@ impl Run {
             .map_err(|e| Error::Other(e.to_string()))?;
         Ok(consumer)
     }
+}
+
+/// The consumer's next record, or an error after 60 s without one.
+async fn next_record(consumer: &StreamConsumer) -> Result<BorrowedMessage<'_>> {
+    tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+        .await
+        .map_err(|_| Error::Other("no record for 60 s".into()))?
+        .map_err(|e| Error::Other(e.to_string()))
 }
 
 /// Publishes events `0..workload.events` (paced by the workload) and
@@ -202,10 +211,7 @@ async fn raw(
     let (started, cpu) = (Instant::now(), Cpu::now());
     let mut read = 0;
     while read < workload.events {
-        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
-            .await
-            .map_err(|_| Error::Other("no record for 60 s".into()))?
-            .map_err(|e| Error::Other(e.to_string()))?;
+        let m = next_record(&consumer).await?;
         // Decoded as the pipeline decodes it.
         let (record, at) = kafka::record_of(&m);
         std::hint::black_box(cloudevents::decode(record, at));
@@ -228,10 +234,7 @@ async fn raw_paced(
     let reading = async {
         let mut received: Vec<(usize, i64)> = Vec::with_capacity(workload.events as usize);
         while received.len() < workload.events as usize {
-            let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
-                .await
-                .map_err(|_| Error::Other("no record for 60 s".into()))?
-                .map_err(|e| Error::Other(e.to_string()))?;
+            let m = next_record(&consumer).await?;
             let at = now_ms();
             let (record, position) = kafka::record_of(&m);
             let event = cloudevents::decode(record, position);
@@ -355,10 +358,7 @@ async fn naive(
     let producing = tokio::spawn(async move { produce(&topic, &publisher, workload).await });
     let mut read = 0;
     while read < workload.events {
-        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
-            .await
-            .map_err(|_| Error::Other("no record for 60 s".into()))?
-            .map_err(|e| Error::Other(e.to_string()))?;
+        let m = next_record(&consumer).await?;
         let (record, at) = kafka::record_of(&m);
         let partition = m.partition();
         drop(m);

@@ -232,3 +232,15 @@ fn peak_rss_mib() -> f64 {
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_of_the_sorted_values() {
+        assert_eq!(percentiles(&mut []), None);
+        let mut ms: Vec<i64> = (1..=100).rev().collect();
+        assert_eq!(percentiles(&mut ms), Some((51.0, 99.0)));
+    }
+}

@@ -68,3 +68,35 @@ pub fn table(results: &[Measurement]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(setup: &str, seconds: f64) -> Measurement {
+        Measurement {
+            setup: setup.into(),
+            events: 1000,
+            seconds,
+            cpu_seconds: 0.5,
+            machine_cpu_seconds: 1.0,
+            cores: 2,
+            peak_rss_mib: 10.0,
+            latency_ms: Some((1.0, 3.0)),
+            swaps_ms: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_setup_and_the_ratios_to_wasm() {
+        let text = table(&[measured("raw", 0.5), measured("wasm", 1.0)]);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows[1][..3], ["raw", "1000", "2000"], "{text}");
+        assert_eq!(rows[2][..3], ["wasm", "1000", "1000"], "{text}");
+        assert!(text.contains("(c)/(a) wasm/raw: 0.50"), "{text}");
+        assert!(!text.contains("wasm/native"), "{text}");
+    }
+}
