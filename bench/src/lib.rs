@@ -27,7 +27,7 @@
 //!
 //! The crate is a library of the `sluice` command (`sluice bench`, the
 //! `bench` feature of `sluice-cli`): [`run_setup`] runs one setup in this
-//! process, [`table`] prints the measurements. Its modules, one role each:
+//! process, [`table`] lays the measurements out as text. Its modules, one role each:
 //! the workload and its handler (`handler`), the embedded setups
 //! (`embedded`), the Kafka + PostgreSQL setups (`kafka`), what is measured
 //! (`measure`) and the table (`report`).
