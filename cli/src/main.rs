@@ -24,8 +24,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Sluice: event handlers as sandboxed WebAssembly components.
 #[derive(Parser)]
-// The text `sluice --help` showed when the binary was the host crate's.
+// The name and text `sluice --version` and `--help` showed when the binary
+// was the host crate's.
 #[command(
+    name = "sluice",
     version,
     about = "Sluice host: runs event handlers as sandboxed WebAssembly components"
 )]
