@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 echo "== installing the wasm32-wasip2 target (if missing) and building"
 rustup target add wasm32-wasip2
 cargo build --release --target wasm32-wasip2 -p inventory -p notifier -p payments
-cargo build --release -p sluice
+cargo build --release -p sluice-cli
 SLUICE=target/release/sluice
 URL=${SLUICE_URL:-http://127.0.0.1:8080}
 export SLUICE_URL=$URL

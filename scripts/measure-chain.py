@@ -8,7 +8,7 @@ It preloads N events into `in` with the handlers off, then starts the host
 with both handlers and times from "admin API up" to "every `out` event
 committed". Run from the repository root after:
 
-    cargo build --release -p sluice
+    cargo build --release -p sluice-cli
     cargo build --release --target wasm32-wasip2 -p chain
 
     python3 scripts/measure-chain.py --events 20000 --keys 1000

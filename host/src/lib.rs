@@ -19,8 +19,17 @@
 //!   the DLQ and the handler registry.
 //! * [`pipeline`]: dispatchers, the group committer and the outbox relay;
 //!   [`admin`]: the HTTP API; [`config`]: `sluice.toml`.
-//! * [`broker`]: Kafka through rdkafka, with events in the CloudEvents
-//!   Kafka binding.
+//! * [`backbone`]: where events are consumed from and published to, behind
+//!   the `Backbone`/`Source` seam: the store's own log (embedded), or Kafka
+//!   through rdkafka (cargo feature `kafka`, on by default) with events in
+//!   the CloudEvents Kafka binding. ARCHITECTURE.md has the map.
+//! * [`openapi`]: the admin API's OpenAPI document.
+//!
+//! The crate holds only what a host needs. Around it, in the workspace:
+//! `sluice-cli`, the `sluice` command (`sluice run` starts a host from this
+//! crate; the other commands are a client of the admin API, `sluice test`
+//! drives [`harness`]); `sluice-bench`, the benchmarks behind `sluice bench`;
+//! and `sluice-testkit`, the test servers (PostgreSQL, Kafka) of the tests.
 //!
 //! ```no_run
 //! use sluice::harness::{Harness, TestEvent};
@@ -42,7 +51,6 @@
 
 pub mod admin;
 pub mod backbone;
-pub mod bench;
 pub mod config;
 pub mod event;
 pub mod harness;
@@ -50,4 +58,3 @@ pub mod openapi;
 pub mod pipeline;
 pub mod runtime;
 pub mod store;
-pub mod test_servers;

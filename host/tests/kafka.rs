@@ -70,7 +70,7 @@ async fn consume(config: &KafkaConfig, topic: &str, count: usize) -> Vec<(Record
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_events_come_back_equal_and_in_key_order() {
-    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+    let Some(brokers) = sluice_testkit::kafka_test_brokers().await else {
         return;
     };
     let config = KafkaConfig {
@@ -119,7 +119,7 @@ async fn published_events_come_back_equal_and_in_key_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_without_cloudevents_headers_is_consumed_with_fallbacks() {
-    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+    let Some(brokers) = sluice_testkit::kafka_test_brokers().await else {
         return;
     };
     let config = KafkaConfig {
@@ -278,7 +278,7 @@ async fn consume_all(config: &KafkaConfig, topic: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_to_kafka_on_sqlite() {
-    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+    let Some(brokers) = sluice_testkit::kafka_test_brokers().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -288,10 +288,10 @@ async fn relay_to_kafka_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_to_kafka_on_postgres() {
-    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+    let Some(brokers) = sluice_testkit::kafka_test_brokers().await else {
         return;
     };
-    let Some(url) = sluice::store::postgres_test_database().await else {
+    let Some(url) = sluice_testkit::postgres_test_database().await else {
         return;
     };
     relay_publishes_each_outbox_row_once(url, brokers).await;
@@ -305,10 +305,10 @@ async fn an_application_outbox_row_wakes_the_relay() {
     use sqlx::Connection as _;
     use std::sync::Arc;
 
-    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+    let Some(brokers) = sluice_testkit::kafka_test_brokers().await else {
         return;
     };
-    let Some(url) = sluice::store::postgres_test_database().await else {
+    let Some(url) = sluice_testkit::postgres_test_database().await else {
         return;
     };
     let mut config = sluice::config::Config::default();

@@ -1,5 +1,5 @@
 //! `sluice-outbox` against a real PostgreSQL and Sluice's own relay: each
-//! test gets a fresh database (`sluice::store::postgres_test_database`),
+//! test gets a fresh database (`sluice_testkit::postgres_test_database`),
 //! migrated by `sluice::store::open`, plus a business table of its own.
 //! Skipped with a printed reason when no server is reachable, unless
 //! `SLUICE_REQUIRE_SERVERS=1`.
@@ -25,7 +25,7 @@ struct Db {
 
 /// A fresh, migrated database with an `orders` table, or `None` (skip).
 async fn db() -> Option<Db> {
-    let url = sluice::store::postgres_test_database().await?;
+    let url = sluice_testkit::postgres_test_database().await?;
     let store = sluice::store::open(&url, &StoreOptions::default())
         .await
         .expect("open the Sluice store (migrations)");

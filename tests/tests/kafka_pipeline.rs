@@ -238,7 +238,7 @@ async fn chain_through_kafka(store_url: String, brokers: String) {
 /// each other's `mid` events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_through_kafka_on_sqlite_then_postgres() {
-    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+    let Some(brokers) = sluice_testkit::kafka_test_brokers().await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -247,7 +247,7 @@ async fn chain_through_kafka_on_sqlite_then_postgres() {
         brokers.clone(),
     )
     .await;
-    if let Some(url) = store::postgres_test_database().await {
+    if let Some(url) = sluice_testkit::postgres_test_database().await {
         chain_through_kafka(url, brokers).await;
     }
 }

@@ -43,7 +43,7 @@ macro_rules! on_both_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let Some(url) = sluice::store::postgres_test_database().await else {
+                    let Some(url) = sluice_testkit::postgres_test_database().await else {
                         return;
                     };
                     super::$name(super::Backend::Postgres(url)).await;

@@ -2,7 +2,7 @@
 //! backend: each test below becomes `conformance::sqlite::<name>` and
 //! `conformance::postgres::<name>`. PostgreSQL tests skip (and pass) when no
 //! server is reachable, unless `SLUICE_REQUIRE_SERVERS=1`; see
-//! [`super::postgres_test_database`].
+//! [`sluice_testkit::postgres_test_database`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Deref;
@@ -58,7 +58,7 @@ async fn sqlite_store() -> Option<TestStore> {
 }
 
 async fn postgres_store() -> Option<TestStore> {
-    let url = super::postgres_test_database().await?;
+    let url = sluice_testkit::postgres_test_database().await?;
     let store = open(&url, &TestStore::options()).await.unwrap();
     Some(TestStore {
         store,
@@ -1141,7 +1141,7 @@ async fn open_chooses_the_backend_by_scheme() {
             other => panic!("{url}: {:?}", other.map(|_| ())),
         }
     }
-    let Some(url) = super::postgres_test_database().await else {
+    let Some(url) = sluice_testkit::postgres_test_database().await else {
         return;
     };
     let alternative = url.replacen("postgres://", "postgresql://", 1);

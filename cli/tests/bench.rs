@@ -22,9 +22,9 @@ async fn bench_runs_every_setup_on_a_tiny_workload() {
     .remove(0);
     // The Kafka + PostgreSQL setups too, where the servers are (always in
     // CI: a missing server fails there).
-    let brokers = sluice::test_servers::kafka_test_brokers().await;
+    let brokers = sluice_testkit::kafka_test_brokers().await;
     let postgres = match brokers {
-        Some(_) => sluice::store::postgres_test_database().await,
+        Some(_) => sluice_testkit::postgres_test_database().await,
         None => None,
     };
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));

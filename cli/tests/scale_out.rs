@@ -157,8 +157,8 @@ impl ChainSetup {
     /// `None` (the test skips) without PostgreSQL or a broker, unless
     /// `SLUICE_REQUIRE_SERVERS=1`.
     async fn new() -> Option<Self> {
-        let brokers = sluice::test_servers::kafka_test_brokers().await?;
-        let database = sluice::store::postgres_test_database().await?;
+        let brokers = sluice_testkit::kafka_test_brokers().await?;
+        let database = sluice_testkit::postgres_test_database().await?;
         let run = uuid::Uuid::now_v7().simple().to_string();
         let shared = chain_config(&database, &brokers, &run, &chain_component());
         Some(Self {
@@ -379,10 +379,10 @@ async fn until_running(
 /// a restart: PostgreSQL notices carry the registry changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_changes_reach_every_instance() {
-    let Some(brokers) = sluice::test_servers::kafka_test_brokers().await else {
+    let Some(brokers) = sluice_testkit::kafka_test_brokers().await else {
         return;
     };
-    let Some(database) = sluice::store::postgres_test_database().await else {
+    let Some(database) = sluice_testkit::postgres_test_database().await else {
         return;
     };
     let built = sluice::harness::build_components(
