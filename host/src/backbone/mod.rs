@@ -302,3 +302,21 @@ mod tests {
         assert_eq!(parse(&text).unwrap(), config);
     }
 }
+
+#[cfg(all(test, not(feature = "kafka")))]
+mod without_kafka {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_build_without_kafka_refuses_it_with_a_clear_error() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let store = crate::store::open(&url, &Default::default()).await?;
+        let config: BackboneConfig = toml::from_str("kind = \"kafka\"")?;
+        let Err(error) = open(&config, store, watch::Sender::new(0), 1) else {
+            anyhow::bail!("a Kafka backbone opened without the kafka feature");
+        };
+        assert!(error.to_string().contains("feature `kafka`"), "{error}");
+        Ok(())
+    }
+}
