@@ -121,6 +121,10 @@ impl Source for LogSource {
                 more: true,
             };
         }
+        // This read covers every append announced so far: only later ones
+        // make `ready` fire again (else each read would be followed by an
+        // empty one for the appends it already saw).
+        self.log.mark_unchanged();
         let mut next = Next::default();
         let mut room = max;
         let mut read = Vec::with_capacity(self.topics.len());
