@@ -68,6 +68,9 @@ enum Command {
     /// and print the outcome,
     /// emitted events, state writes and logs as JSON.
     Test(TestArgs),
+    /// Create a handler project (Rust, JavaScript/TypeScript or Python)
+    /// that builds with one command and passes `sluice test` as created.
+    New(NewArgs),
     /// Measure the embedded setups side by side: the raw log read, the
     /// pipeline with a native handler, the WASM pipeline and a naive
     /// one-transaction-per-event consumer (events/s,
@@ -75,6 +78,29 @@ enum Command {
     /// BENCHMARKS.md.
     #[cfg(feature = "bench")]
     Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct NewArgs {
+    /// Project and handler name: lowercase letters, digits and `-`.
+    name: String,
+    /// The handler's language.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    lang: Lang,
+    /// Where to create it (default: ./NAME); must be absent or empty.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The Sluice checkout whose SDKs the project uses (by path). Default:
+    /// $SLUICE_SDK_DIR, else the checkout this binary was built from.
+    #[arg(long)]
+    sdk: Option<PathBuf>,
+}
+
+/// A language `sluice new` scaffolds.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Lang {
+    /// Rust, with the `sluice-sdk` crate (`cargo build`).
+    Rust,
 }
 
 #[derive(clap::Args)]
@@ -325,6 +351,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Test(args) => commands::test::run(args),
+        Command::New(args) => commands::new::run(args),
         #[cfg(feature = "bench")]
         Command::Bench(args) => async_main(commands::bench::run(args)),
         Command::Run(args) => async_main(commands::run::run(args)),

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod dlq;
 pub mod events;
 pub mod handlers;
+pub mod new;
 pub mod publish;
 pub mod run;
 pub mod test;

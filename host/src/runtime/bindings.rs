@@ -112,6 +112,53 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
     Ok(())
 }
 
+/// The WASI 0.2 packages [`add_to_linker`] links (any 0.2.x import of them
+/// resolves: wasmtime matches semver-compatible versions).
+const WASI_PACKAGES: &[&str] = &[
+    "wasi:cli",
+    "wasi:clocks",
+    "wasi:filesystem",
+    "wasi:io",
+    "wasi:random",
+    "wasi:sockets",
+];
+
+/// Why [`add_to_linker`] cannot satisfy the import named `name` (an
+/// interface such as `wasi:http/types@0.2.10`), or `None` when it can.
+/// Said before linking, because wasmtime's own error for a missing import
+/// names a resource or function deep inside it, not the import.
+pub(crate) fn unsupported_import(name: &str) -> Option<String> {
+    let (package, version) = match name.split_once('@') {
+        Some((path, version)) => (path.split('/').next().unwrap_or(path), version),
+        None => (name.split('/').next().unwrap_or(name), ""),
+    };
+    if WASI_PACKAGES.contains(&package) {
+        return (!version.starts_with("0.2.")).then(|| {
+            format!(
+                "`{name}`: this host provides WASI 0.2 (`{package}@0.2.x`), not version {version:?}"
+            )
+        });
+    }
+    if package == "sluice:handler" {
+        return (version != "0.1.0").then(|| {
+            format!(
+                "`{name}`: this host provides `sluice:handler@0.1.0`; rebuild against its `wit/`"
+            )
+        });
+    }
+    if package == "wasi:http" {
+        return Some(format!(
+            "`{name}`: handlers get no HTTP or network access. A JavaScript handler built with \
+             `jco componentize` must be built with `--disable http --disable fetch-event` \
+             (the Sluice JS SDK's build does so)"
+        ));
+    }
+    Some(format!(
+        "`{name}`: the host provides only `sluice:handler@0.1.0` and WASI 0.2 \
+         (cli, clocks, filesystem, io, random, sockets)"
+    ))
+}
+
 /// Converts a host event into the WIT record handed to the guest.
 pub(crate) fn to_wit_event(event: &Event, attempt: u32) -> WitEvent {
     WitEvent {

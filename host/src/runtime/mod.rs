@@ -420,10 +420,21 @@ fn check_header(bytes: &[u8]) -> Result<()> {
     }
 }
 
-/// Checks the component's export before linking, for a message that names
-/// what is missing; imports are checked by `instantiate_pre`.
+/// Checks the component's imports and export before linking, for a
+/// message that names what is missing or unsupported; the types are then
+/// checked by `instantiate_pre`.
 fn validate_world(engine: &Engine, component: &Component) -> Result<()> {
     let ty = component.component_type();
+    let unsupported: Vec<String> = ty
+        .imports(engine)
+        .filter_map(|(name, _)| bindings::unsupported_import(name))
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(Error::WrongWorld(format!(
+            "it imports what the host does not provide: {}",
+            unsupported.join("; ")
+        )));
+    }
     if ty.get_export(engine, "handle").is_none() {
         let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
         return Err(Error::WrongWorld(format!(
@@ -795,5 +806,50 @@ mod tests {
         let err = rt.load(&other).unwrap_err();
         assert!(matches!(err, Error::WrongWorld(_)), "{err}");
         assert!(err.to_string().contains("handle"), "{err}");
+    }
+
+    /// What componentize-js builds by default: a handler that also imports
+    /// `wasi:http`. The error names that import and the build flag.
+    #[test]
+    fn unsupported_imports_are_named() {
+        let rt = Runtime::new(RuntimeConfig::default()).expect("runtime");
+        let importing = |name: &str| {
+            wat::parse_str(format!(
+                r#"(component
+                    (import "{name}" (instance (export "fields" (type (sub resource)))))
+                    (import "wasi:io/streams@0.2.10" (instance (export "input-stream" (type (sub resource)))))
+                    (core module $m (func (export "f")))
+                    (core instance $i (instantiate $m))
+                    (func $f (canon lift (core func $i "f")))
+                    (export "handle" (func $f)))"#
+            ))
+            .unwrap()
+        };
+        let err = rt.load(&importing("wasi:http/types@0.2.10")).unwrap_err();
+        assert!(matches!(err, Error::WrongWorld(_)), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("`wasi:http/types@0.2.10`"), "{text}");
+        assert!(text.contains("--disable http"), "{text}");
+        assert!(
+            !text.contains("wasi:io"),
+            "0.2.x of wasi:io is provided: {text}"
+        );
+
+        let text = rt
+            .load(&importing("acme:db/query@1.0.0"))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("`acme:db/query@1.0.0`"), "{text}");
+        let text = rt
+            .load(&importing("sluice:handler/state@0.2.0"))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("sluice:handler@0.1.0"), "{text}");
+        // Supported imports pass this check and fail later on the export's type.
+        let text = rt
+            .load(&importing("wasi:random/random@0.2.3"))
+            .unwrap_err()
+            .to_string();
+        assert!(!text.contains("does not provide"), "{text}");
     }
 }
