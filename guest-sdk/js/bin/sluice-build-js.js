@@ -67,7 +67,7 @@ export async function build(opts) {
   const esbuild = await import('esbuild');
   const work = await mkdtemp(join(tmpdir(), 'sluice-build-js-'));
   try {
-    const bundlePath = join(work, 'handler.bundle.js');
+    const bundlePath = join(work, `${basename(handlerPath).replace(/\.[cm]?[jt]s$/, '')}.bundle.js`);
     const entry = [
       `import * as user from ${JSON.stringify(handlerPath)};`,
       `import { exportHandler } from ${JSON.stringify(join(sdk, 'src/component.js'))};`,

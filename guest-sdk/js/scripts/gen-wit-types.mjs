@@ -1,11 +1,11 @@
 #!/usr/bin/env node
-// Regenerates types/wit/ (the guest-side TypeScript declarations of the
+// Regenerates src/wit/ (the guest-side TypeScript declarations of the
 // `sluice:handler` world, as componentize-js sees its imports and exports)
 // from the repository's wit/ with jco's type generator:
 //
 //     npm run gen-types            (from guest-sdk/js)
 //
-// It is `jco guest-types ../../wit -n handler -o types/wit`, run through
+// It is `jco guest-types ../../wit -n handler -o src/wit`, run through
 // jco-transpile's API because the jco 1.35.0 CLI gives its WASI filesystem
 // shim (preview2-shim 0.26.1) no preopened directory, so it cannot read any
 // WIT path ("failed to read path for WIT ... No such file or directory").
@@ -17,7 +17,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 const here = dirname(fileURLToPath(import.meta.url));
 const sdk = resolve(here, '..');
 const wit = resolve(sdk, '../../wit');
-const out = join(sdk, 'types/wit');
+const out = join(sdk, 'src/wit');
 
 const require = createRequire(import.meta.url);
 const transpileMain = require.resolve('@bytecodealliance/jco-transpile');

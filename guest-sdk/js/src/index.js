@@ -98,6 +98,9 @@ export class StateError extends Fatal {
  * @typedef {{ kind: 'ok' } | { kind: 'retryable' | 'fatal', message: string }} Outcome
  */
 
+/** Stack frames of componentize-js's generated glue, which say nothing. */
+const INTERNAL_FRAME = /\/sources\/initializer\.js:/;
+
 /**
  * Formats an exception that is not a `HandlerError` as the message of a
  * retryable error: `Name: message` and the stack lines, so that a dead-letter
@@ -115,7 +118,7 @@ export function describeException(e) {
     const lines = frames
       .split('\n')
       .map((l) => l.trim())
-      .filter((l) => l.length > 0)
+      .filter((l) => l.length > 0 && !INTERNAL_FRAME.test(l))
       .map((l) => (l.startsWith('at ') ? `    ${l}` : `    at ${l}`));
     return lines.length > 0 ? `${head}\n${lines.join('\n')}` : head;
   }
