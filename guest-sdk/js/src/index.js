@@ -100,6 +100,8 @@ export class StateError extends Fatal {
 
 /** Stack frames of componentize-js's generated glue, which say nothing. */
 const INTERNAL_FRAME = /\/sources\/initializer\.js:/;
+/** Stack lines kept in the message of an unexpected exception. */
+const MAX_FRAMES = 24;
 
 /**
  * Formats an exception that is not a `HandlerError` as the message of a
@@ -115,11 +117,26 @@ export function describeException(e) {
     if (!stack) return head;
     // V8 stacks start with the head line; SpiderMonkey's are frames only.
     const frames = stack.startsWith(head) ? stack.slice(head.length).replace(/^\n/, '') : stack;
-    const lines = frames
+    const frameLines = frames
       .split('\n')
       .map((l) => l.trim())
       .filter((l) => l.length > 0 && !INTERNAL_FRAME.test(l))
       .map((l) => (l.startsWith('at ') ? `    ${l}` : `    at ${l}`));
+    // Runs of one frame (deep recursion) collapse to one line; at most
+    // MAX_FRAMES lines are kept.
+    /** @type {string[]} */
+    const lines = [];
+    for (let i = 0; i < frameLines.length; ) {
+      let j = i + 1;
+      while (j < frameLines.length && frameLines[j] === frameLines[i]) j++;
+      lines.push(j - i > 1 ? `${frameLines[i]} (${j - i} times)` : frameLines[i]);
+      i = j;
+    }
+    if (lines.length > MAX_FRAMES) {
+      const more = lines.length - MAX_FRAMES;
+      lines.length = MAX_FRAMES;
+      lines.push(`    ... ${more} more`);
+    }
     return lines.length > 0 ? `${head}\n${lines.join('\n')}` : head;
   }
   if (typeof e === 'string') return `uncaught exception: ${e}`;

@@ -117,6 +117,18 @@ describe('errors and outcomes', () => {
     assert.equal(describeException(e), 'Error: boom\n    at f@bundle.js:3:9');
   });
 
+  test('recursion collapses and long stacks are cut', () => {
+    const e = new Error('too much recursion');
+    e.name = 'InternalError';
+    e.stack = 'r@b.js:1:1\n'.repeat(100) + 'h@b.js:9:9\n';
+    assert.equal(describeException(e), 'InternalError: too much recursion\n    at r@b.js:1:1 (100 times)\n    at h@b.js:9:9');
+    const long = new Error('deep');
+    long.stack = Array.from({ length: 40 }, (_, i) => `f${i}@b.js:${i}:1`).join('\n');
+    const lines = describeException(long).split('\n');
+    assert.equal(lines.length, 1 + 24 + 1);
+    assert.equal(lines.at(-1), '    ... 16 more');
+  });
+
   test('handlerOf finds default or handle exports', () => {
     const fn = () => {};
     assert.equal(handlerOf(fn), fn);
