@@ -167,6 +167,9 @@ async function main() {
 if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) {
   main().catch((e) => {
     console.error(`sluice-build-js: ${e instanceof Error ? e.message : e}`);
+    if (e?.code === 'ERR_MODULE_NOT_FOUND') {
+      console.error(`sluice-build-js: the SDK's build tools are not installed: run \`npm ci\` in ${sdk}`);
+    }
     process.exit(1);
   });
 }
