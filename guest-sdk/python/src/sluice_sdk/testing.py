@@ -11,7 +11,7 @@ component in the real runtime, use ``sluice test``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from . import _json
 from ._ctx import Ctx, Level
@@ -30,9 +30,8 @@ class Emitted(Emit):
     id: str
 
 
-@dataclass(frozen=True)
-class LogLine:
-    """A log line of a call."""
+class LogLine(NamedTuple):
+    """A log line of a call; compares equal to a ``(level, message)`` tuple."""
 
     level: Level
     message: str
