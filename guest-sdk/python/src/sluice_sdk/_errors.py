@@ -30,6 +30,8 @@ __all__ = [
 # A traceback is cut to this many characters (the head line and the last
 # frames are kept), so that a runaway recursion cannot produce a huge message.
 MAX_TRACEBACK_CHARS = 4000
+# The head line ("unhandled TypeName: message") is cut to this many characters.
+MAX_HEAD_CHARS = 1000
 
 
 class HandlerError(Exception):
@@ -100,6 +102,8 @@ def describe_exception(exc: BaseException) -> str:
     head = f"unhandled {type(exc).__name__}: {exc}".rstrip()
     if head.endswith(":"):
         head = head[:-1]
+    if len(head) > MAX_HEAD_CHARS:
+        head = head[:MAX_HEAD_CHARS] + " [...]"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
     if len(tb) > MAX_TRACEBACK_CHARS:
         keep = MAX_TRACEBACK_CHARS // 2
