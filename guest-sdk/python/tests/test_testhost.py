@@ -144,6 +144,7 @@ def test_other_exceptions_propagate_from_run_and_map_to_retryable_in_outcome() -
     assert lines[1] == "Traceback (most recent call last):"
     assert any("in counter" in line for line in lines)
     assert lines[-1] == "KeyError: 'missing'"
+    assert not any("in invoke" in line for line in lines)  # the SDK's frame is left out
     assert host.state_of("a") == {} and host.emitted() == []
     assert host.outcome(counter, Event.new("ok").with_key("a")) is None
     assert host.state_json_of("a", "n") == 1
@@ -182,3 +183,14 @@ def test_handler_decorator_returns_the_function() -> None:
     assert handler(f) is f
     with pytest.raises(TypeError):
         handler(3)  # type: ignore[arg-type]
+
+
+def test_system_exit_is_retryable_too() -> None:
+    import sys
+
+    def h(event: Event, ctx: Ctx) -> None:
+        sys.exit(3)
+
+    error = TestHost().outcome(h, Event.new("x"))
+    assert isinstance(error, Retryable)
+    assert error.message.startswith("unhandled SystemExit: 3\nTraceback")

@@ -7,7 +7,8 @@ The exception class decides what the host does next:
   attempt it goes to the dead-letter queue.
 * :class:`Fatal`: a permanent failure (a poison event). The host discards the
   attempt's effects and dead-letters the event at once.
-* Any other ``Exception`` escaping the handler is treated like a Rust panic:
+* Any other exception escaping the handler (``SystemExit`` included) is
+  treated like a Rust panic, which the host retries:
   :func:`classify` turns it into a ``Retryable`` whose message is the
   exception and its traceback, so that the dead-letter entry shows them.
 """
@@ -111,7 +112,7 @@ def describe_exception(exc: BaseException) -> str:
     return f"{head}\n{tb}"
 
 
-def classify(exc: Exception) -> HandlerError:
+def classify(exc: BaseException) -> HandlerError:
     """The error the host sees for an exception that escaped a handler:
     a :class:`HandlerError` as raised, anything else as :class:`Retryable`
     carrying :func:`describe_exception`."""

@@ -54,12 +54,15 @@ def resolve(module: types.ModuleType) -> HandlerFn:
 
 def invoke(fn: HandlerFn, event: Event, ctx: Ctx) -> Optional[HandlerError]:
     """Runs `fn` and returns what the host sees: ``None`` for success, or
-    the error (see :func:`sluice_sdk.classify` for exceptions other than
-    :class:`sluice_sdk.HandlerError`). ``BaseException``s that are not
-    ``Exception``s (``SystemExit``, ``KeyboardInterrupt``) propagate: in the
-    component they trap, which the host also retries."""
+    the error. A :class:`sluice_sdk.HandlerError` is returned as raised; any
+    other exception, ``SystemExit`` included, becomes
+    :class:`sluice_sdk.Retryable` with the exception and its traceback (see
+    :func:`sluice_sdk.classify`), this function's own frame left out."""
     try:
         fn(event, ctx)
-    except Exception as exc:  # noqa: BLE001 - the point: map every failure
+    except BaseException as exc:  # noqa: BLE001 - the point: map every failure
+        tb = exc.__traceback__
+        if tb is not None and tb.tb_frame.f_code is invoke.__code__:
+            exc.__traceback__ = tb.tb_next
         return classify(exc)
     return None
