@@ -44,7 +44,7 @@ run "$out/greeter.wasm" --name greeter --event $ev/greeter-py-unsupported-langua
 # The hostile fixture: each case against its expected outcome kind, under a
 # 500 ms timeout and the default limits (64 MiB memory).
 fx=guest-sdk/python/tests/fixtures/hostile
-for kind in ok raise fatal retryable exit recurse recurse-deep loop alloc; do
+for kind in ok raise fatal retryable exit state bad-emit print recurse recurse-deep loop alloc; do
   run "$out/hostile.wasm" --name hostile --limits '{"timeout_ms": 500}' \
     --event "$fx/$kind.event.json" --expect "$fx/$kind.expect.json"
 done
