@@ -9,12 +9,16 @@
 //!
 //! * [`kafka_test_brokers`]: the broker's bootstrap servers;
 //! * [`postgres_test_database`]: a fresh, empty PostgreSQL database;
-//! * [`unavailable`]: the skip-or-panic both use, for other servers.
+//! * [`unavailable`]: the skip-or-panic both use, for other servers;
+//! * [`guests`]: the JavaScript and Python toolchains and the components
+//!   built with them.
 //!
 //! It does not depend on `sluice` (whose unit tests use it), so it holds
 //! nothing typed by the host.
 
 #![deny(missing_docs)]
+
+pub mod guests;
 
 /// Reports that a server is not reachable: a printed skip, or a panic when
 /// `SLUICE_REQUIRE_SERVERS=1`.
