@@ -49,6 +49,7 @@ def ensure_venv() -> None:
     if venv_python().is_file() and stamp.is_file() and stamp.read_text() == digest:
         return
     if not venv_python().is_file():
+        # On Debian and Ubuntu this needs the python3-venv package.
         run([sys.executable, "-m", "venv", str(VENV)])
     run([str(venv_python()), "-m", "pip", "install", "--quiet", "-r", "requirements.txt"])
     stamp.write_text(digest)
