@@ -97,10 +97,16 @@ struct NewArgs {
 }
 
 /// A language `sluice new` scaffolds.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Lang {
     /// Rust, with the `sluice-sdk` crate (`cargo build`).
     Rust,
+    /// TypeScript, with `@sluice/sdk` (`npm run build`; Node 20+).
+    #[value(alias = "ts", alias = "typescript", alias = "javascript")]
+    Js,
+    /// Python, with `sluice-sdk` (`python3 build.py`; Python 3.10+).
+    #[value(alias = "py")]
+    Python,
 }
 
 #[derive(clap::Args)]

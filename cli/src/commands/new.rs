@@ -26,15 +26,126 @@ const EVENTS: &[TemplateFile] = &[
     ),
 ];
 
-const RUST: &[TemplateFile] = &[
-    (
-        "Cargo.toml",
-        include_str!("../../templates/rust/Cargo.toml"),
-    ),
-    ("src/lib.rs", include_str!("../../templates/rust/lib.rs")),
-    ("README.md", include_str!("../../templates/rust/README.md")),
-    (".gitignore", "/target\n"),
-];
+/// What one language's project is made of and how it is built.
+struct Template {
+    /// Its name in messages.
+    lang: &'static str,
+    files: &'static [TemplateFile],
+    /// Files that must exist in the checkout for this language's SDK.
+    markers: &'static [&'static str],
+    /// The one command that builds the component (also in its README).
+    build: &'static str,
+    /// The command that runs the unit tests (also in its README).
+    unit_test: &'static str,
+    /// The built component, relative to the project (with placeholders).
+    component: &'static str,
+}
+
+const RUST: Template = Template {
+    lang: "Rust",
+    files: &[
+        (
+            "Cargo.toml",
+            include_str!("../../templates/rust/Cargo.toml"),
+        ),
+        ("src/lib.rs", include_str!("../../templates/rust/lib.rs")),
+        ("README.md", include_str!("../../templates/rust/README.md")),
+        (".gitignore", "/target\n"),
+    ],
+    markers: &["guest-sdk/Cargo.toml"],
+    build: "cargo build --release --target wasm32-wasip2",
+    unit_test: "cargo test",
+    component: "target/wasm32-wasip2/release/{{file}}.wasm",
+};
+
+const JS: Template = Template {
+    lang: "TypeScript",
+    files: &[
+        (
+            "package.json",
+            include_str!("../../templates/js/package.json"),
+        ),
+        (
+            "tsconfig.json",
+            include_str!("../../templates/js/tsconfig.json"),
+        ),
+        (
+            "src/handler.ts",
+            include_str!("../../templates/js/handler.ts"),
+        ),
+        (
+            "test/handler.test.ts",
+            include_str!("../../templates/js/handler.test.ts"),
+        ),
+        (
+            "scripts/install-deps.mjs",
+            include_str!("../../templates/js/install-deps.mjs"),
+        ),
+        ("README.md", include_str!("../../templates/js/README.md")),
+        (".gitignore", "node_modules/\n*.wasm\n"),
+    ],
+    markers: &[
+        "guest-sdk/js/package.json",
+        "guest-sdk/js/bin/sluice-build-js.js",
+        "wit/handler.wit",
+    ],
+    build: "npm run build",
+    unit_test: "npm test",
+    component: "{{name}}.wasm",
+};
+
+const PYTHON: Template = Template {
+    lang: "Python",
+    files: &[
+        (
+            "handler.py",
+            include_str!("../../templates/python/handler.py"),
+        ),
+        (
+            "test_handler.py",
+            include_str!("../../templates/python/test_handler.py"),
+        ),
+        (
+            "requirements.txt",
+            include_str!("../../templates/python/requirements.txt"),
+        ),
+        ("build.py", include_str!("../../templates/python/build.py")),
+        (
+            "README.md",
+            include_str!("../../templates/python/README.md"),
+        ),
+        (
+            ".gitignore",
+            ".venv/\n__pycache__/\n*.pyc\n.pytest_cache/\n*.wasm\n",
+        ),
+    ],
+    markers: &[
+        "guest-sdk/python/pyproject.toml",
+        "guest-sdk/python/requirements-dev.txt",
+        "guest-sdk/python/src/sluice_sdk/build.py",
+        "wit/handler.wit",
+    ],
+    build: "python3 build.py",
+    unit_test: ".venv/bin/python -m pytest",
+    component: "{{name}}.wasm",
+};
+
+fn template(lang: Lang) -> &'static Template {
+    match lang {
+        Lang::Rust => &RUST,
+        Lang::Js => &JS,
+        Lang::Python => &PYTHON,
+    }
+}
+
+/// The `sluice test` command line of a project's component, as its README
+/// gives it (with placeholders).
+fn sluice_test_line(template: &Template) -> String {
+    format!(
+        "sluice test {} --name {{{{name}}}} --event events/greet.event.json --expect events/greet.expect.json",
+        template.component
+    )
+}
 
 /// The Sluice checkout this binary was built from, where the SDKs are.
 fn built_checkout() -> PathBuf {
@@ -64,14 +175,15 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     let sdk = std::path::absolute(&sdk)
         .and_then(|p| p.canonicalize())
         .with_context(|| format!("the Sluice checkout {} (set --sdk)", sdk.display()))?;
-    let (files, marker) = match args.lang {
-        Lang::Rust => (RUST, "guest-sdk/Cargo.toml"),
-    };
-    if !sdk.join(marker).is_file() {
-        bail!(
-            "{} is not a Sluice checkout (no {marker}); point --sdk or SLUICE_SDK_DIR at one",
-            sdk.display()
-        );
+    let template = template(args.lang);
+    for marker in template.markers {
+        if !sdk.join(marker).is_file() {
+            bail!(
+                "{} has no {} SDK (no {marker}); point --sdk or SLUICE_SDK_DIR at a Sluice checkout",
+                sdk.display(),
+                template.lang
+            );
+        }
     }
     let file = args.name.replace('-', "_");
     let fill = |text: &str| {
@@ -79,7 +191,7 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
             .replace("{{file}}", &file)
             .replace("{{sdk}}", &sdk.to_string_lossy())
     };
-    for (path, text) in files.iter().chain(EVENTS) {
+    for (path, text) in template.files.iter().chain(EVENTS) {
         let target = dir.join(path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)
@@ -88,8 +200,19 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(&target, fill(text))
             .with_context(|| format!("cannot write {}", target.display()))?;
     }
-    println!("created {} ({:?} handler)", dir.display(), args.lang);
-    println!("next: cd {} and follow README.md", dir.display());
+    println!(
+        "created {} ({} handler {:?}, SDK in {})",
+        dir.display(),
+        template.lang,
+        args.name,
+        sdk.display()
+    );
+    println!("next (see its README.md):");
+    println!("  cd {}", dir.display());
+    let width = template.build.len().max(template.unit_test.len());
+    println!("  {:<width$}  # build", template.build);
+    println!("  {:<width$}  # unit tests", template.unit_test);
+    println!("  {}", fill(&sluice_test_line(template)));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -114,6 +237,28 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every README gives the commands `sluice new` prints.
+    #[test]
+    fn readmes_give_the_printed_commands() {
+        for lang in [Lang::Rust, Lang::Js, Lang::Python] {
+            let t = template(lang);
+            let (_, readme) = t
+                .files
+                .iter()
+                .find(|(path, _)| *path == "README.md")
+                .unwrap_or_else(|| panic!("{} has no README.md", t.lang));
+            for command in [
+                format!("Build: `{}`", t.build),
+                format!("Unit tests: `{}`", t.unit_test),
+                format!("`{}`", sluice_test_line(t)),
+            ] {
+                assert!(readme.contains(&command), "{}: {command}", t.lang);
+            }
+            assert_eq!(readme.lines().filter(|l| !l.is_empty()).count(), 3);
+            assert!(t.files.iter().any(|(path, _)| *path == ".gitignore"));
+        }
+    }
 
     #[test]
     fn names() {
