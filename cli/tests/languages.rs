@@ -158,6 +158,7 @@ async fn js_and_python_handlers_run_swap_and_dead_letter() {
     // Hot swap to the Python port: it reads the state the JS one wrote.
     let out = api.cli(&["deploy", "inventory", py.to_str().unwrap()]);
     assert!(out.starts_with("inventory version 2"), "{out}");
+    assert!(out.contains(", ready in "), "{out}");
     api.publish(
         "orders",
         json!({"id": "order-2", "type": "order.placed", "key": "sku-7",

@@ -205,7 +205,7 @@ pub fn document() -> Value {
                 ],
                 "requestBody": {"required": true, "content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}},
                 "responses": {
-                    "201": ok_json("a new version: {version, digest, size, uploaded_at, created, activated}", any_object.clone()),
+                    "201": ok_json("a new version: {version, digest, size, uploaded_at, created, activated, prepared_ms (validating, compiling or finding it in the compile cache, and storing it)}", any_object.clone()),
                     "200": ok_json("identical bytes: the existing version", any_object.clone()),
                     "400": error_response("not a valid component (garbage, core module, broken)"),
                     "401": unauthorized.clone(),

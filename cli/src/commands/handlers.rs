@@ -151,6 +151,15 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     if !args.topics.is_empty() || !args.types.is_empty() {
         subscribe(&client, &args).await?;
     }
+    // The host answers once the component is validated and compiled:
+    // seconds for a large (JavaScript, Python) one the first time.
+    if !args.client.json {
+        eprintln!(
+            "uploading {} ({:.1} MB); the host validates and compiles it before it answers",
+            args.file.display(),
+            bytes.len() as f64 / 1e6
+        );
+    }
     let answer = client
         .upload_version(&args.name, bytes, !args.no_activate)
         .await
@@ -166,10 +175,14 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         })?;
     render(args.client.json, &answer, |answer| {
         println!(
-            "{} version {} ({}){}{}",
+            "{} version {} ({}){}{}{}",
             args.name,
             cell(&answer["version"]),
             short(&answer["digest"]),
+            match answer["prepared_ms"].as_u64() {
+                Some(ms) => format!(", ready in {:.1} s", ms as f64 / 1000.0),
+                None => String::new(),
+            },
             if answer["created"] == true {
                 ""
             } else {

@@ -188,9 +188,13 @@ pub(super) async fn upload_version(
         }
     }
     let pipeline = running(&state)?;
+    // Validating and compiling a large (JS, Python) component takes seconds
+    // the first time: the answer says how long it took.
+    let started = std::time::Instant::now();
     let (info, created) = pipeline
         .upload(&name, body.to_vec(), params.activate)
         .await?;
+    let prepared_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -205,6 +209,7 @@ pub(super) async fn upload_version(
             "uploaded_at": info.uploaded_at,
             "created": created,
             "activated": params.activate,
+            "prepared_ms": prepared_ms,
         })),
     ))
 }
