@@ -249,6 +249,16 @@ pub fn cell(v: &Value) -> String {
     }
 }
 
+/// The first line of a (possibly multi-line) text cell, marked `…` when
+/// there is more: a stack trace must not break a table's rows.
+pub fn first_line(v: &Value) -> String {
+    let text = cell(v);
+    match text.split_once('\n') {
+        Some((first, _)) => format!("{} …", first.trim_end()),
+        None => text,
+    }
+}
+
 /// A digest's first 12 characters.
 pub fn short(digest: &Value) -> String {
     cell(digest).chars().take(12).collect()

@@ -226,6 +226,15 @@ async fn js_and_python_handlers_run_swap_and_dead_letter() {
         assert_eq!(attempts.len(), 2, "{entry}");
         let error = entry["error"].as_str().unwrap();
         assert!(error.contains(stack), "{name}: {error}");
+        // The CLI keeps a table row per entry, and shows the whole stack
+        // with the entry.
+        let list = api.cli(&["dlq", "list", "--handler", name]);
+        assert_eq!(list.lines().count(), 2, "{list}");
+        let shown = api.cli(&["dlq", "show", &id.to_string()]);
+        assert!(
+            shown.contains("last error:") && shown.contains(stack),
+            "{shown}"
+        );
     }
     // The host kept running throughout.
     assert_eq!(api.get("/healthz").await["status"], "ok");

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use serde_json::Value;
 
 use crate::DlqCommand;
-use crate::client::{Client, DlqFilter, cell, items, render, short, table};
+use crate::client::{Client, DlqFilter, cell, first_line, items, render, short, table};
 
 /// Runs one DLQ subcommand; each but `list` prints the entry it touched.
 pub async fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
@@ -62,7 +62,7 @@ fn print_list(answer: &Value) {
                 cell(&e["event"]["topic"]),
                 cell(&e["event"]["id"]),
                 e["attempts"].as_array().map_or(0, Vec::len).to_string(),
-                cell(&e["error"]),
+                first_line(&e["error"]),
             ]
         })
         .collect();
@@ -100,9 +100,17 @@ fn print_entry(answer: &Value) {
                 cell(&a["outcome"]),
                 short(&a["version"]),
                 cell(&a["at"]),
-                cell(&a["error"]),
+                first_line(&a["error"]),
             ]
         })
         .collect();
     table(&["ATTEMPT", "OUTCOME", "VERSION", "AT(ms)", "ERROR"], rows);
+    // The whole last error: a JS stack or a Python traceback has many lines.
+    let error = cell(&answer["error"]);
+    if error.contains('\n') {
+        println!("last error:");
+        for line in error.lines() {
+            println!("  {line}");
+        }
+    }
 }
