@@ -111,6 +111,11 @@ impl Source for LogSource {
         }
     }
 
+    /// The log's signal: each append is announced once.
+    fn wakes_per_change(&self) -> bool {
+        true
+    }
+
     /// Reads the next events of every topic, each record with its processed
     /// mark (one statement per topic). Positions move only once every read
     /// is done, so a dropped call loses nothing.
@@ -121,10 +126,6 @@ impl Source for LogSource {
                 more: true,
             };
         }
-        // This read covers every append announced so far: only later ones
-        // make `ready` fire again (else each read would be followed by an
-        // empty one for the appends it already saw).
-        self.log.mark_unchanged();
         let mut next = Next::default();
         let mut room = max;
         let mut read = Vec::with_capacity(self.topics.len());

@@ -194,6 +194,20 @@ pub trait Source: Send + Sync {
     /// the dispatcher waits on it among other things.
     async fn ready(&mut self);
 
+    /// How [`Source::ready`] may be waited on. `false` (the default):
+    /// it resolves as long as something is waiting to be taken, so the
+    /// dispatcher waits on it only when it would take it (nothing else to
+    /// read, room in its window). `true`: it resolves once per change
+    /// announced, whether or not [`Source::next`] read it since, so the
+    /// dispatcher waits on it all the time; each wake-up (the embedded
+    /// log's grows with every commit) is a pass of its loop that takes up
+    /// what completed. Waiting on the embedded log's signal only when the
+    /// window had room cost 40% more, smaller group commits and most of
+    /// the per-key pipelining across commits (BENCHMARKS.md, session 26).
+    fn wakes_per_change(&self) -> bool {
+        false
+    }
+
     /// Takes up to about `max` records (and the changes between them)
     /// without waiting for new ones.
     async fn next(&mut self, max: usize) -> Next;

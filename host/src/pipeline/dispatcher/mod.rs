@@ -304,6 +304,7 @@ impl Dispatcher {
         let mut poll = tokio::time::interval(self.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut source = self.source.take();
+        let wakes_per_change = source.as_ref().is_some_and(|s| s.wakes_per_change());
         // Positions to acknowledge to the source once the store commit in
         // flight is done.
         let mut committing_positions: Vec<(StreamId, i64)> = Vec::new();
@@ -389,7 +390,7 @@ impl Dispatcher {
                         Ok(None) | Err(_) => return,
                     }
                 }
-                _ = source_ready(source.as_mut()), if !need_fetch && !stopping && self.in_flight() < self.max_in_flight => {
+                _ = source_ready(source.as_mut()), if !stopping && (wakes_per_change || (!need_fetch && self.in_flight() < self.max_in_flight)) => {
                     need_fetch = true;
                 }
                 _ = sleep_until(next_timer), if next_timer.is_some() && !stopping => {}
