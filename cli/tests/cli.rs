@@ -268,9 +268,28 @@ fn documented_examples_match_their_expectations() {
             continue;
         };
         let handler = case.split('-').next().unwrap();
-        let wasm = component(handler);
-        let mut args: Vec<std::ffi::OsString> =
-            vec![wasm.into(), "--event".into(), path.clone().into()];
+        // `greeter-js-*` and `greeter-py-*` are the JavaScript and Python
+        // examples' cases; the others are the Rust examples'.
+        let wasm = if case.starts_with("greeter-js-") {
+            match sluice_testkit::guests::js_component("examples/greeter-js/src/handler.js") {
+                Some(wasm) => wasm,
+                None => continue,
+            }
+        } else if case.starts_with("greeter-py-") {
+            match sluice_testkit::guests::python_component("examples/greeter-py/greeter.py") {
+                Some(wasm) => wasm,
+                None => continue,
+            }
+        } else {
+            component(handler)
+        };
+        let mut args: Vec<std::ffi::OsString> = vec![
+            wasm.into(),
+            "--name".into(),
+            handler.into(),
+            "--event".into(),
+            path.clone().into(),
+        ];
         let state = dir.join(format!("{case}.state.json"));
         if state.exists() {
             args.extend(["--state".into(), state.into()]);
@@ -284,7 +303,7 @@ fn documented_examples_match_their_expectations() {
         assert!(out.status.success(), "{case}: {}", text(&out.stderr));
         checked += 1;
     }
-    assert_eq!(checked, 5, "examples found under {}", dir.display());
+    assert!(checked >= 5, "examples found under {}", dir.display());
 }
 
 #[test]
